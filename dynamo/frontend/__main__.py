@@ -1,0 +1,48 @@
+"""`python -m dynamo.frontend`: discover workers, serve the OpenAI API over them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from .args import FrontendConfig, parse_args
+
+log = logging.getLogger("dynamo.frontend")
+
+
+async def serve(config: FrontendConfig) -> None:
+    import uvicorn
+
+    from dynamo.llm.worker_client import create_serving_backend  # the gRPC side; heavy imports
+
+    from .app import create_app
+    from .server import uvicorn_config
+
+    backend = await create_serving_backend(config)
+    try:
+        app = create_app(backend, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+        server = uvicorn.Server(uvicorn_config(app, config.http_host, config.http_port,
+                                               config.log_level))
+        log.info("frontend listening on http://%s:%d, serving namespace %r (discovery: %s, "
+                 "router: %s, migration limit %d%s)", config.http_host, config.http_port,
+                 config.namespace, config.discovery_backend, config.router_mode,
+                 config.migration_limit, ", API key required" if config.api_key else "")
+        await server.serve()  # returns after SIGINT/SIGTERM, once open requests have drained
+    finally:
+        await backend.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .server import new_event_loop_factory
+
+    with asyncio.Runner(loop_factory=new_event_loop_factory()) as runner:
+        runner.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

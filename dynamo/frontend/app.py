@@ -1,0 +1,204 @@
+"""The OpenAI-compatible HTTP app: routes, auth, body limits and the request -> job wiring."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .backend import ServingBackend
+from .detokenize import make_detokenizer
+from .errors import ApiError, invalid, to_api_error
+from .generation import GenerationJob, GenerationResponse
+from .metrics import CONTENT_TYPE, FrontendMetrics
+from .postprocess import OutputProcessor
+from .preprocess import build_generate_request, prompt_token_ids
+from .responses import LogprobFormatter
+from .schemas import parse_chat, parse_completion
+from .tokenizer import TokenizerCache
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+_UNKNOWN_MODEL_LABEL = "unknown"  # metrics label for requests that never resolved to a served model
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def error_response(error: ApiError) -> Response:
+    headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
+    return Response(error.json_bytes(), status_code=error.status, media_type="application/json",
+                    headers=headers)
+
+
+class FrontendApp:
+    """State shared by the routes of one app (one backend, one registry, one tokenizer cache)."""
+
+    def __init__(self, backend: ServingBackend, *, api_key: str | None, max_body_bytes: int
+                 ) -> None:
+        self.backend = backend
+        self.api_key = api_key.encode() if api_key else None
+        self.max_body_bytes = max_body_bytes
+        self.metrics = FrontendMetrics()
+        self.tokenizers = TokenizerCache()
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _check_auth(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing API key: send it as 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+        if not hmac.compare_digest(token.strip().encode(), self.api_key):
+            raise ApiError(401, "incorrect API key provided", code="invalid_api_key")
+
+    async def _read_json(self, request: Request) -> Any:
+        limit = self.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise ApiError(413, f"request body is {length} bytes; the limit is {limit} bytes",
+                           code="request_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body exceeds the limit of {limit} bytes",
+                               code="request_too_large")
+            chunks.append(chunk)
+        try:
+            return orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError as exc:
+            raise invalid(f"request body is not valid JSON: {exc}") from None
+
+    # --- generate endpoints -------------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Any:
+        return await self._generate(request, chat=True, endpoint="chat_completions")
+
+    async def completions(self, request: Request) -> Any:
+        return await self._generate(request, chat=False, endpoint="completions")
+
+    async def _generate(self, request: Request, *, chat: bool, endpoint: str) -> Any:
+        started = time.perf_counter()
+        model_label = _UNKNOWN_MODEL_LABEL
+        try:
+            self._check_auth(request)
+            body = await self._read_json(request)
+            parsed = parse_chat(body) if chat else parse_completion(body)
+            card = self.backend.card(parsed.model)
+            model_label = card.served_model_name
+            tokenizer = await self.tokenizers.get(card)
+            prompt_ids = await prompt_token_ids(parsed, tokenizer)
+            request_id = _request_id(request, "chatcmpl-" if chat else "cmpl-")
+            generate_request = build_generate_request(parsed, card, prompt_ids, request_id)
+        except Exception as exc:
+            error = to_api_error(exc)
+            if error.status >= 500 and error.status != 503:
+                log.exception("request failed before generation")
+            self.metrics.requests.labels(model_label, endpoint, str(error.status)).inc()
+            return error_response(error)
+        self.metrics.input_tokens.labels(model_label).inc(len(prompt_ids))
+        assert generate_request.stop.max_tokens is not None
+        processor = OutputProcessor(
+            make_detokenizer(tokenizer, parsed.skip_special_tokens), parsed.stop,
+            generate_request.stop.max_tokens)
+        logprobs = (LogprobFormatter(tokenizer, chat, parsed.logprobs)
+                    if parsed.logprobs is not None else None)
+        return GenerationResponse(GenerationJob(
+            backend=self.backend, metrics=self.metrics, request=generate_request,
+            processor=processor, logprobs=logprobs, chat=chat, stream=parsed.stream,
+            include_usage=parsed.include_usage, endpoint=endpoint, started=started,
+            created=int(time.time())))
+
+    # --- other endpoints ----------------------------------------------------------------------
+
+    async def list_models(self, request: Request) -> Response:
+        try:
+            self._check_auth(request)
+        except ApiError as error:
+            return error_response(error)
+        return json_response({"object": "list", "data": [_model_entry(c) for c in
+                                                         self.backend.models()]})
+
+    async def get_model(self, request: Request) -> Response:
+        try:
+            self._check_auth(request)
+            card = self.backend.card(request.path_params["model"])
+        except Exception as exc:
+            return error_response(to_api_error(exc))
+        return json_response(_model_entry(card))
+
+    async def health(self, request: Request) -> Response:
+        models = [c.served_model_name for c in self.backend.models()]
+        if models:
+            return json_response({"status": "healthy", "models": models})
+        return json_response({"status": "unhealthy", "models": [],
+                              "message": "no model is served: no live worker is registered"},
+                             status=503)
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"status": "live"})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _model_entry(card: Any) -> dict[str, Any]:
+    return {"id": card.served_model_name, "object": "model", "created": 0, "owned_by": "dynamo",
+            "max_model_len": card.context_length}
+
+
+def _request_id(request: Request, prefix: str) -> str:
+    # A caller-supplied id (printable, bounded) lets logs be joined across systems.
+    given = request.headers.get("x-request-id")
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return prefix + uuid.uuid4().hex
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: f"no route {request.url.path}; see /v1/models, /v1/chat/completions, "
+                    "/v1/completions, /health, /live, /metrics",
+               405: f"method {request.method} is not allowed on {request.url.path}"}.get(
+        exc.status_code, exc.detail)
+    return error_response(ApiError(exc.status_code, message))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    return error_response(to_api_error(exc))
+
+
+def create_app(backend: ServingBackend, *, api_key: str | None = None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+    """The HTTP app over `backend`. With `api_key`, /v1/* requires 'Authorization: Bearer KEY'."""
+    state = FrontendApp(backend, api_key=api_key, max_body_bytes=max_body_bytes)
+    routes = [
+        Route("/v1/chat/completions", state.chat_completions, methods=["POST"]),
+        Route("/v1/completions", state.completions, methods=["POST"]),
+        Route("/v1/models", state.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", state.get_model, methods=["GET"]),
+        Route("/health", state.health, methods=["GET"]),
+        Route("/live", state.live, methods=["GET"]),
+        Route("/metrics", state.metrics_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error,
+                                                       Exception: _server_error})
+    app.state.frontend = state
+    return app

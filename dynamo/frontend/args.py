@@ -1,0 +1,114 @@
+"""Frontend configuration: CLI flag first, DYN_* environment variable second, default last."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+ROUTER_MODES = ("round-robin", "random", "least-loaded")
+DISCOVERY_BACKENDS = ("file", "etcd")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass
+class FrontendConfig:
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000
+    namespace: str = "dynamo"
+    discovery_backend: str = "file"
+    discovery_dir: str | None = None  # file backend; None: the backend's own default
+    etcd_endpoints: str = "http://127.0.0.1:2379"  # comma-separated
+    router_mode: str = "round-robin"
+    migration_limit: int = 0  # how many times a broken stream may move to another worker
+    api_key: str | None = None
+    log_level: str = "info"
+    max_body_bytes: int = 8 * 1024 * 1024
+
+
+# flag name -> (environment variables, first wins; type)
+_ENV: dict[str, tuple[tuple[str, ...], type]] = {
+    "http_host": (("DYN_HTTP_HOST",), str),
+    "http_port": (("DYN_HTTP_PORT",), int),
+    "namespace": (("DYN_NAMESPACE",), str),
+    "discovery_backend": (("DYN_DISCOVERY_BACKEND",), str),
+    "discovery_dir": (("DYN_DISCOVERY_DIR", "DYN_FILE_KV"), str),
+    "etcd_endpoints": (("DYN_ETCD_ENDPOINTS", "ETCD_ENDPOINTS"), str),
+    "router_mode": (("DYN_ROUTER_MODE",), str),
+    "migration_limit": (("DYN_MIGRATION_LIMIT",), int),
+    "api_key": (("DYN_API_KEY",), str),
+    "log_level": (("DYN_LOG_LEVEL",), str),
+    "max_body_bytes": (("DYN_HTTP_MAX_BODY_BYTES",), int),
+}
+
+
+def _env_default(name: str, env: Mapping[str, str]) -> object:
+    names, kind = _ENV[name]
+    for var in names:
+        raw = env.get(var)
+        if raw:
+            try:
+                return kind(raw)
+            except ValueError:
+                raise SystemExit(f"environment variable {var}={raw!r} is not a valid "
+                                 f"{kind.__name__}") from None
+    return getattr(FrontendConfig, name)
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if env is None else env
+    d = {name: _env_default(name, env) for name in _ENV}
+    p = argparse.ArgumentParser(
+        prog="python -m dynamo.frontend",
+        description="OpenAI-compatible HTTP frontend: discovers workers in a namespace and serves "
+                    "their models on /v1/chat/completions, /v1/completions and /v1/models.")
+    p.add_argument("--http-host", default=d["http_host"], help="address to listen on [DYN_HTTP_HOST]")
+    p.add_argument("--http-port", type=int, default=d["http_port"],
+                   help="port to listen on [DYN_HTTP_PORT]")
+    p.add_argument("--namespace", default=d["namespace"],
+                   help="namespace whose workers are served [DYN_NAMESPACE]")
+    p.add_argument("--discovery-backend", choices=DISCOVERY_BACKENDS,
+                   default=d["discovery_backend"], help="[DYN_DISCOVERY_BACKEND]")
+    p.add_argument("--discovery-dir", default=d["discovery_dir"],
+                   help="directory of the file discovery backend [DYN_DISCOVERY_DIR]")
+    p.add_argument("--etcd-endpoints", default=d["etcd_endpoints"],
+                   help="comma-separated etcd URLs [DYN_ETCD_ENDPOINTS]")
+    p.add_argument("--router-mode", choices=ROUTER_MODES, default=d["router_mode"],
+                   help="how a worker is picked for each request [DYN_ROUTER_MODE]")
+    p.add_argument("--migration-limit", type=int, default=d["migration_limit"],
+                   help="times a broken stream may be retried on another worker "
+                        "[DYN_MIGRATION_LIMIT]")
+    p.add_argument("--api-key", default=d["api_key"],
+                   help="require 'Authorization: Bearer KEY' on /v1/* [DYN_API_KEY]")
+    p.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower, default=d["log_level"],
+                   help="[DYN_LOG_LEVEL]")
+    p.add_argument("--max-body-bytes", type=int, default=d["max_body_bytes"],
+                   help="largest accepted request body [DYN_HTTP_MAX_BODY_BYTES]")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+               ) -> FrontendConfig:
+    parser = build_parser(env)
+    ns = parser.parse_args(argv)
+    # Environment values bypass argparse's choices: check them here with the same words.
+    if ns.router_mode not in ROUTER_MODES:
+        parser.error(f"router mode {ns.router_mode!r} is not one of {', '.join(ROUTER_MODES)}")
+    if ns.discovery_backend not in DISCOVERY_BACKENDS:
+        parser.error(f"discovery backend {ns.discovery_backend!r} is not one of "
+                     f"{', '.join(DISCOVERY_BACKENDS)}")
+    if ns.log_level.lower() not in LOG_LEVELS:
+        parser.error(f"log level {ns.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if not 0 <= ns.http_port <= 65535:
+        parser.error(f"--http-port must be in 0..65535 (0: any free port), got {ns.http_port}")
+    if ns.migration_limit < 0:
+        parser.error(f"--migration-limit must be >= 0, got {ns.migration_limit}")
+    if ns.max_body_bytes < 1024:
+        parser.error(f"--max-body-bytes must be at least 1024, got {ns.max_body_bytes}")
+    return FrontendConfig(
+        http_host=ns.http_host, http_port=ns.http_port, namespace=ns.namespace,
+        discovery_backend=ns.discovery_backend, discovery_dir=ns.discovery_dir,
+        etcd_endpoints=ns.etcd_endpoints, router_mode=ns.router_mode,
+        migration_limit=ns.migration_limit, api_key=ns.api_key or None,
+        log_level=ns.log_level.lower(), max_body_bytes=ns.max_body_bytes)

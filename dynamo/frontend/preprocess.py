@@ -1,0 +1,60 @@
+"""ParsedRequest + model card + tokenizer -> GenerateRequest (tokenize, check against the context)."""
+
+from __future__ import annotations
+
+from dynamo.llm.model_card import ModelCard
+from dynamo.llm.protocol import GenerateRequest, OutputOptions, StopConditions
+
+from .errors import invalid
+from .schemas import ParsedRequest
+from .tokenizer import ModelTokenizer
+
+
+async def prompt_token_ids(req: ParsedRequest, tokenizer: ModelTokenizer) -> list[int]:
+    if req.kind == "chat":
+        assert req.messages is not None
+        ids = await tokenizer.prompt_ids_for_chat(req.messages)
+        param = "messages"
+    elif req.prompt_ids is not None:
+        ids = req.prompt_ids
+        bad = next((t for t in ids if t >= tokenizer.vocab_size), None)
+        if bad is not None:
+            raise invalid(f"token id {bad} in 'prompt' is outside the vocabulary (valid ids are "
+                          f"0..{tokenizer.vocab_size - 1})", "prompt")
+        return ids
+    else:
+        assert req.prompt_text is not None
+        ids = await tokenizer.prompt_ids_for_text(req.prompt_text)
+        param = "prompt"
+    if not ids:
+        raise invalid(f"the {param} tokenizes to no tokens at all", param)
+    return ids
+
+
+def build_generate_request(req: ParsedRequest, card: ModelCard, prompt_ids: list[int],
+                           request_id: str) -> GenerateRequest:
+    """Apply the context-length rules and fill in max_tokens."""
+    context = card.context_length
+    param = "messages" if req.kind == "chat" else "prompt"
+    n = len(prompt_ids)
+    if n >= context:
+        raise invalid(f"prompt has {n} tokens; this model's context is {context} (leave room for "
+                      f"at least one generated token)", param)
+    room = context - n
+    max_tokens = req.max_tokens if req.max_tokens is not None else room
+    if max_tokens > room:
+        name = req.max_tokens_param
+        raise invalid(f"{name} is {max_tokens} but the prompt has {n} tokens and this model's "
+                      f"context is {context}: at most {room} tokens can be generated", name)
+    if req.min_tokens is not None and req.min_tokens > max_tokens:
+        raise invalid(f"'min_tokens' ({req.min_tokens}) exceeds the {max_tokens} tokens that can be "
+                      f"generated", "min_tokens")
+    return GenerateRequest(
+        request_id=request_id,
+        token_ids=prompt_ids,
+        model=card.served_model_name,
+        sampling=req.sampling,
+        stop=StopConditions(max_tokens=max_tokens, min_tokens=req.min_tokens,
+                            stop_token_ids=req.stop_token_ids, ignore_eos=req.ignore_eos),
+        output=OutputOptions(logprobs=req.logprobs, skip_special_tokens=req.skip_special_tokens),
+    )

@@ -1,0 +1,112 @@
+"""Per-model tokenizers: loaded once from the model card, shared by every request of that model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from dynamo.llm.model_card import ModelCard
+
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+# Long prompts are tokenized off the event loop so that other streams keep flowing.
+_INLINE_TOKENIZE_CHARS = 16_384
+
+
+@dataclass
+class ModelTokenizer:
+    """A loaded tokenizer plus what requests need from it."""
+
+    hf: Any  # transformers PreTrainedTokenizer(Fast)
+    chat_template: str | None
+    fast: Any = None  # tokenizers.Tokenizer when available: encode/decode without Python overhead
+    vocab_size: int = 0
+    _token_text: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.fast = getattr(self.hf, "backend_tokenizer", None)
+        self.vocab_size = len(self.hf)
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        if self.chat_template is None and getattr(self.hf, "chat_template", None) is None:
+            raise ApiError(400, "this model has no chat template (neither in its model card nor in "
+                           "its tokenizer); use /v1/completions instead", param="messages")
+        return self.hf.apply_chat_template(messages, chat_template=self.chat_template,
+                                           add_generation_prompt=True, tokenize=False)
+
+    def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        if self.fast is not None:
+            return self.fast.encode(text, add_special_tokens=add_special_tokens).ids
+        return self.hf.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str:
+        return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token (for logprobs); cached, the vocabulary is small."""
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self.hf.decode([token_id], skip_special_tokens=False)
+            self._token_text[token_id] = text
+        return text
+
+    async def prompt_ids_for_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        def work() -> list[int]:
+            # The template already writes BOS where the model wants it.
+            return self.encode(self.render_chat(messages), add_special_tokens=False)
+        if sum(len(m["content"]) for m in messages) > _INLINE_TOKENIZE_CHARS:
+            return await asyncio.to_thread(work)
+        return work()
+
+    async def prompt_ids_for_text(self, text: str) -> list[int]:
+        if len(text) > _INLINE_TOKENIZE_CHARS:
+            return await asyncio.to_thread(self.encode, text, add_special_tokens=True)
+        return self.encode(text, add_special_tokens=True)
+
+
+def _load(card: ModelCard) -> ModelTokenizer:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub from the request path
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(card.tokenizer)
+    return ModelTokenizer(hf=hf, chat_template=card.chat_template)
+
+
+class TokenizerCache:
+    """Loads each (tokenizer source, chat template) once, in a thread; concurrent callers share it."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, str | None], ModelTokenizer] = {}
+        self._loading: dict[tuple[str, str | None], asyncio.Future[ModelTokenizer]] = {}
+
+    async def get(self, card: ModelCard) -> ModelTokenizer:
+        key = (card.tokenizer, card.chat_template)
+        tokenizer = self._loaded.get(key)
+        if tokenizer is not None:
+            return tokenizer
+        pending = self._loading.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(card, key))
+            self._loading[key] = pending
+        # shield: one caller going away must not cancel the load the others wait for
+        return await asyncio.shield(pending)
+
+    async def _load(self, card: ModelCard, key: tuple[str, str | None]) -> ModelTokenizer:
+        try:
+            tokenizer = await asyncio.to_thread(_load, card)
+        except Exception as exc:
+            log.error("could not load the tokenizer of model %r from %r: %s",
+                      card.served_model_name, card.tokenizer, exc)
+            raise ApiError(500, f"could not load the tokenizer of model {card.served_model_name!r} "
+                           f"from {card.tokenizer!r}: {exc}", type="internal_error") from exc
+        finally:
+            self._loading.pop(key, None)  # failures are retried by the next request
+        self._loaded[key] = tokenizer
+        log.info("loaded tokenizer of model %r from %s (vocab %d)", card.served_model_name,
+                 card.tokenizer, tokenizer.vocab_size)
+        return tokenizer

@@ -1,0 +1,50 @@
+"""What a worker publishes so that a frontend can serve its model."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Role(str, enum.Enum):
+    AGGREGATED = "agg"  # prefill and decode in one engine
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+@dataclass
+class ModelCard:
+    served_model_name: str
+    model_path: str  # local directory or hub id of the weights
+    tokenizer: str  # where the tokenizer loads from (usually = model_path)
+    context_length: int
+    kv_block_size: int
+    total_kv_blocks: int
+    role: Role = Role.AGGREGATED
+    engine: str = ""  # "vllm", "sglang", "trtllm", "mocker"
+    chat_template: str | None = None  # None: the tokenizer's own
+    vocab_size: int = 0
+    eos_token_ids: list[int] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["role"] = self.role.value
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["role"] = Role(kwargs.get("role", Role.AGGREGATED.value))
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,98 @@
+"""What a worker does with a validated request, by role (agg / prefill / decode)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+
+from dynamo.llm.disagg import prefill_request, remote_prefill
+from dynamo.llm.engine import LLMEngine
+from dynamo.llm.errors import NoWorkersError, PrefillError
+from dynamo.llm.model_card import Role
+from dynamo.llm.protocol import GenerateOutput, GenerateRequest
+from dynamo.llm.worker.metrics import BoundWorkerMetrics
+from dynamo.runtime.rpc.client import EndpointClient
+
+log = logging.getLogger(__name__)
+
+
+class RequestHandler:
+    """Aggregated: the engine does prefill and decode."""
+
+    def __init__(self, engine: LLMEngine, metrics: BoundWorkerMetrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        return self.engine.generate(request)
+
+
+class PrefillHandler(RequestHandler):
+    """Prefill: compute the prompt's KV, produce one token and the params a decode worker needs."""
+
+    def __init__(self, engine: LLMEngine, metrics: BoundWorkerMetrics, instance_id: str) -> None:
+        super().__init__(engine, metrics)
+        self.instance_id = instance_id
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:  # type: ignore[override]
+        async for out in self.engine.generate(prefill_request(request)):
+            if out.disaggregated_params is not None and not out.disaggregated_params.prefill_instance_id:
+                out.disaggregated_params.prefill_instance_id = self.instance_id
+            yield out
+
+
+class DecodeHandler(RequestHandler):
+    """Decode: generate from a prefill worker's KV. A request that arrives without a prefill result
+    is prefilled remotely first (when a prefill worker exists and the prompt is long enough), or
+    locally, which is logged and counted, never silent."""
+
+    def __init__(self, engine: LLMEngine, metrics: BoundWorkerMetrics, prefill: EndpointClient | None,
+                 *, max_local_prefill_length: int, prefill_timeout: float, fallback_local: bool) -> None:
+        super().__init__(engine, metrics)
+        self.prefill = prefill
+        self.max_local_prefill_length = max_local_prefill_length
+        self.prefill_timeout = prefill_timeout
+        self.fallback_local = fallback_local
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:  # type: ignore[override]
+        if request.disaggregated_params is None:
+            request = await self._prefill(request)
+        else:
+            self.metrics.prefill("remote")
+        async for out in self.engine.generate(request):
+            yield out
+
+    async def _prefill(self, request: GenerateRequest) -> GenerateRequest:
+        rid = request.request_id
+        if len(request.token_ids) <= self.max_local_prefill_length:
+            log.info("[%s] prefilling locally: prompt of %d tokens <= --max-local-prefill-length %d",
+                     rid, len(request.token_ids), self.max_local_prefill_length)
+            self.metrics.prefill("local")
+            return request
+        if self.prefill is None or not self.prefill.instances():
+            log.warning("[%s] prefilling locally: no prefill worker serves this model", rid)
+            self.metrics.prefill("local")
+            return request
+        try:
+            params = await remote_prefill(self.prefill, request, self.prefill_timeout)
+        except (PrefillError, NoWorkersError) as e:
+            if not self.fallback_local:
+                raise
+            log.warning("[%s] remote prefill failed (%s); prefilling locally (--prefill-fallback-local)",
+                        rid, e)
+            self.metrics.prefill("local")
+            return request
+        self.metrics.prefill("remote")
+        return dataclasses.replace(request, disaggregated_params=params)
+
+
+def make_handler(role: Role, engine: LLMEngine, metrics: BoundWorkerMetrics, instance_id: str,
+                 prefill: EndpointClient | None, *, max_local_prefill_length: int = 0,
+                 prefill_timeout: float = 30.0, fallback_local: bool = False) -> RequestHandler:
+    if role is Role.PREFILL:
+        return PrefillHandler(engine, metrics, instance_id)
+    if role is Role.DECODE:
+        return DecodeHandler(engine, metrics, prefill, max_local_prefill_length=max_local_prefill_length,
+                             prefill_timeout=prefill_timeout, fallback_local=fallback_local)
+    return RequestHandler(engine, metrics)

@@ -1,0 +1,177 @@
+"""Wiring of a worker process: runtime + engine + gRPC service + registration + lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from dynamo.llm.engine import LLMEngine
+from dynamo.llm.model_card import ModelCard, Role
+from dynamo.llm.model_pool import ModelPool
+from dynamo.llm.proto import worker_pb2_grpc as pb_grpc
+from dynamo.llm.protocol import EngineInfo, GenerateRequest, StopConditions
+from dynamo.llm.worker.args import WorkerConfig
+from dynamo.llm.worker.handlers import make_handler
+from dynamo.llm.worker.metrics import WorkerMetrics
+from dynamo.llm.worker.servicer import SERVICE_NAME, WorkerServicer
+from dynamo.runtime.runtime import DistributedRuntime
+
+log = logging.getLogger("dynamo.worker")
+
+
+@dataclass
+class ModelSource:
+    """What the backend knows about its model before the engine starts."""
+
+    served_model_name: str
+    model_path: str
+    tokenizer: str | None = None
+    chat_template: str | None = None
+
+
+def setup_logging() -> None:
+    level = os.environ.get("DYN_LOG", "INFO").upper()
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_worker(engine: LLMEngine, config: WorkerConfig, source: ModelSource) -> int:
+    """Run a worker until SIGTERM/SIGINT; returns the process exit code."""
+    setup_logging()
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(_serve(engine, config, source))
+
+
+def build_card(source: ModelSource, info: EngineInfo, role: Role, engine_name: str) -> ModelCard:
+    return ModelCard(served_model_name=source.served_model_name, model_path=source.model_path,
+                     tokenizer=source.tokenizer or source.model_path, context_length=info.context_length,
+                     kv_block_size=info.kv_block_size, total_kv_blocks=info.total_kv_blocks, role=role,
+                     engine=engine_name, chat_template=source.chat_template, vocab_size=info.vocab_size,
+                     eos_token_ids=list(info.eos_token_ids))
+
+
+async def _serve(engine: LLMEngine, config: WorkerConfig, source: ModelSource) -> int:
+    runtime = DistributedRuntime(config.runtime)
+    runtime.install_signal_handlers()
+    metrics = WorkerMetrics(runtime.registry, source.served_model_name, config.role.value).bind()
+    servicer = WorkerServicer(runtime.server, metrics)
+    runtime.add_service(pb_grpc.add_WorkerServicer_to_server, servicer, SERVICE_NAME)
+    pool: ModelPool | None = None
+    canary: asyncio.Task[None] | None = None
+    engine_started = False
+    try:
+        await runtime.start()
+        port = await runtime.start_server()  # NOT_SERVING until the engine is ready
+        log.info("gRPC server on port %d (NOT_SERVING until the engine is ready); starting %s engine",
+                 port, engine.name)
+        starting = asyncio.ensure_future(engine.start())
+        stop_wait = asyncio.ensure_future(runtime.wait_for_shutdown())
+        await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("shutdown requested while the engine was starting")
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+            return 0
+        info = starting.result()
+        engine_started = True
+        card = build_card(source, info, config.role, engine.name)
+        prefill_client = None
+        if config.role is Role.DECODE:
+            pool = ModelPool(runtime.discovery, config.runtime.namespace)
+            await pool.start()
+            prefill_client = pool.client(source.served_model_name, (Role.PREFILL,))
+        record = await runtime.register(config.address, {"model_card": card.to_dict(),
+                                                         "role": config.role.value})
+        handler = make_handler(config.role, engine, metrics, record.instance_id, prefill_client,
+                               max_local_prefill_length=config.max_local_prefill_length,
+                               prefill_timeout=config.prefill_timeout,
+                               fallback_local=config.prefill_fallback_local)
+        servicer.attach(engine, handler, info, card, record.instance_id)
+        events = engine.kv_events()
+        if events is not None:
+            servicer.relay.start(events)
+        metrics.kv_blocks.set(info.total_kv_blocks)
+        metrics.healthy.set(1)
+        health = _HealthState()
+        runtime.add_health_check(health.check)
+        canary = asyncio.create_task(_health_loop(engine, servicer, metrics, runtime, health,
+                                                  config, info), name="health canary")
+        await runtime.set_ready()
+        log.info("serving %s (%s, role %s) as %s instance %s at %s; discovery %s%s",
+                 source.served_model_name, engine.name, config.role.value, config.address,
+                 record.instance_id, record.target, config.runtime.discovery_backend,
+                 f"; system port {runtime.system_port}" if runtime.system_port is not None else "")
+        await runtime.wait_for_shutdown()
+        return 0
+    finally:
+        if canary is not None:
+            canary.cancel()
+        await runtime.shutdown()
+        await servicer.relay.close()
+        if pool is not None:
+            await pool.close()
+        if engine_started:
+            await engine.shutdown()
+        log.info("worker stopped")
+
+
+class _HealthState:
+    def __init__(self) -> None:
+        self.healthy = True
+        self.reason = ""
+
+    def check(self) -> tuple[bool, str]:
+        return self.healthy, self.reason
+
+
+async def _health_loop(engine: LLMEngine, servicer: WorkerServicer, metrics, runtime: DistributedRuntime,
+                       health: _HealthState, config: WorkerConfig, info: EngineInfo) -> None:
+    """Every few seconds: engine liveness and stats; when idle for --canary-interval, a 1-token
+    generation proves the engine really generates (prefill workers skip it: a prefill holds KV
+    blocks for a decode that never comes)."""
+    last_canary = time.monotonic()
+    while True:
+        await asyncio.sleep(min(2.0, config.canary_interval or 2.0))
+        stats = engine.stats()
+        metrics.kv_usage.set(stats.kv_usage)
+        metrics.running.set(stats.running_requests)
+        metrics.waiting.set(stats.waiting_requests)
+        ok, reason = True, ""
+        try:
+            await asyncio.wait_for(engine.check_health(), 10)
+        except Exception as e:
+            ok, reason = False, f"engine health check failed: {e!r}"
+        now = time.monotonic()
+        idle = runtime.server.active_calls == 0 and now - servicer.last_request_end >= config.canary_interval
+        if (ok and config.canary_interval > 0 and config.role is not Role.PREFILL and idle
+                and now - last_canary >= config.canary_interval):
+            last_canary = now
+            try:
+                await asyncio.wait_for(_canary(engine, info), 30)
+            except Exception as e:
+                ok, reason = False, f"canary generation failed: {e!r}"
+        if ok != health.healthy:
+            log.warning("worker is now %s%s", "healthy" if ok else "UNHEALTHY", f": {reason}" if reason else "")
+            await runtime.server.set_serving(ok)
+        health.healthy, health.reason = ok, reason
+        metrics.healthy.set(1 if ok else 0)
+
+
+async def _canary(engine: LLMEngine, info: EngineInfo) -> None:
+    req = GenerateRequest(request_id=f"canary-{time.monotonic_ns()}", token_ids=[1 % info.vocab_size] * 4,
+                          stop=StopConditions(max_tokens=1, ignore_eos=True))
+    got = 0
+    async for out in engine.generate(req):
+        got += len(out.token_ids)
+    if got != 1:
+        raise RuntimeError(f"canary produced {got} tokens instead of 1")

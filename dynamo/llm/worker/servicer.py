@@ -1,0 +1,142 @@
+"""The gRPC `dynamo.llm.v1.Worker` service of a worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from dynamo.llm import codec
+from dynamo.llm.engine import EngineError, LLMEngine
+from dynamo.llm.errors import NoWorkersError, PrefillError
+from dynamo.llm.model_card import ModelCard
+from dynamo.llm.proto import worker_pb2 as pb
+from dynamo.llm.proto import worker_pb2_grpc as pb_grpc
+from dynamo.llm.protocol import EngineInfo, FinishReason, InvalidRequest
+from dynamo.llm.worker.handlers import RequestHandler
+from dynamo.llm.worker.kv_relay import KvEventRelay
+from dynamo.llm.worker.metrics import BoundWorkerMetrics
+from dynamo.runtime.rpc.server import RpcServer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Worker"].full_name
+
+
+class WorkerServicer(pb_grpc.WorkerServicer):
+    def __init__(self, server: RpcServer, metrics: BoundWorkerMetrics) -> None:
+        self._server = server
+        self._metrics = metrics
+        self._relay = KvEventRelay()
+        # Set by attach() once the engine is up; until then Generate answers UNAVAILABLE.
+        self._engine: LLMEngine | None = None
+        self._handler: RequestHandler | None = None
+        self._info: EngineInfo | None = None
+        self._card: ModelCard | None = None
+        self.instance_id = ""
+        self.last_request_end = time.monotonic()
+
+    @property
+    def relay(self) -> KvEventRelay:
+        return self._relay
+
+    def attach(self, engine: LLMEngine, handler: RequestHandler, info: EngineInfo, card: ModelCard,
+               instance_id: str) -> None:
+        self._engine, self._handler, self._info, self._card = engine, handler, info, card
+        self.instance_id = instance_id
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
+        if self._handler is None or self._info is None or self._card is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is starting; the engine is not ready")
+            return
+        try:
+            req = codec.request_from_pb(request)
+            req.validate_common(vocab_size=self._info.vocab_size, context_length=self._info.context_length,
+                                served_model=self._card.served_model_name)
+        except InvalidRequest as e:
+            self._metrics.request_done("invalid")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            return
+        rid = req.request_id
+        m = self._metrics
+        m.prompt_tokens.inc(len(req.token_ids))
+        t0 = time.perf_counter()
+        first = True
+        status = "cancelled"
+        stream = self._handler.generate(req)
+        with self._server.track():
+            m.inflight.inc()
+            try:
+                async for out in stream:
+                    if first and out.token_ids:
+                        m.ttft.observe(time.perf_counter() - t0)
+                        first = False
+                    m.output_tokens.inc(len(out.token_ids))
+                    if out.usage is not None and out.usage.cached_tokens:
+                        m.cached_tokens.inc(out.usage.cached_tokens)
+                    await context.write(codec.output_to_pb(out))
+                    if out.finish_reason is not None:
+                        status = "error" if out.finish_reason is FinishReason.ERROR else "success"
+            except InvalidRequest as e:
+                status = "invalid"
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            except PrefillError as e:
+                status = "error"
+                m.error("prefill")
+                log.warning("[%s] %s", rid, e)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            except NoWorkersError as e:
+                status = "error"
+                m.error("no_prefill_worker")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            except EngineError as e:
+                status = "error"
+                m.error("engine")
+                log.error("[%s] engine error: %s", rid, e)
+                await context.abort(grpc.StatusCode.INTERNAL, f"engine error: {e}")
+            except asyncio.CancelledError:
+                m.cancellations.inc()
+                log.debug("[%s] cancelled by the client", rid)
+                raise
+            finally:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()  # aborts the engine request if it is still running
+                m.inflight.dec()
+                m.request_done(status)
+                self.last_request_end = time.monotonic()
+
+    async def ClearKvBlocks(self, request: pb.ClearKvBlocksRequest, context: grpc.aio.ServicerContext
+                            ) -> pb.ClearKvBlocksResponse:
+        if self._engine is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is starting")
+        await self._engine.clear_kv_blocks()  # type: ignore[union-attr]
+        return pb.ClearKvBlocksResponse()
+
+    async def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext
+                        ) -> pb.ModelInfoResponse:
+        if self._card is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is starting")
+        return pb.ModelInfoResponse(model_card_json=self._card.to_json(),  # type: ignore[union-attr]
+                                    instance_id=self.instance_id)
+
+    async def SubscribeKvEvents(self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
+                                ) -> None:
+        with self._relay.subscribe() as queue:
+            while True:
+                event = await queue.get()
+                batch = pb.KvEventBatch(instance_id=self.instance_id)
+                codec.kv_event_to_pb(event, batch.events.add())
+                while not queue.empty() and len(batch.events) < 256:
+                    codec.kv_event_to_pb(queue.get_nowait(), batch.events.add())
+                await context.write(batch)
+
+    async def SubscribeStats(self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext) -> None:
+        interval = (request.interval_ms or 1000) / 1000
+        while True:
+            stats = self._engine.stats() if self._engine is not None else None
+            if stats is not None:
+                await context.write(codec.stats_to_pb(stats, self.instance_id, self._server.active_calls))
+            await asyncio.sleep(interval)

@@ -1,0 +1,133 @@
+"""The frontend's view of the workers: which models are served, routing, disaggregation, migration.
+
+Implements dynamo.frontend.backend.ServingBackend over discovery and the workers' gRPC interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from dynamo.frontend.backend import NoWorkers, UnknownModel, WorkerFailed
+from dynamo.llm.disagg import remote_prefill
+from dynamo.llm.errors import NoWorkersError, WorkerError
+from dynamo.llm.model_card import ModelCard, Role
+from dynamo.llm.model_pool import ModelPool, card_of
+from dynamo.llm.protocol import FinishReason, GenerateOutput, GenerateRequest, Usage
+from dynamo.llm.rpc_client import generate_on
+from dynamo.runtime.discovery import Discovery, open_discovery
+from dynamo.runtime.rpc.client import NoInstancesError
+
+if TYPE_CHECKING:
+    from dynamo.frontend.args import FrontendConfig
+
+log = logging.getLogger(__name__)
+
+SERVING_ROLES = (Role.AGGREGATED, Role.DECODE)
+
+
+class WorkerServingBackend:
+    def __init__(self, discovery: Discovery, namespace: str, *, router_mode: str = "round-robin",
+                 migration_limit: int = 0, prefill_timeout: float = 30.0, owns_discovery: bool = True) -> None:
+        self._discovery = discovery
+        self._owns_discovery = owns_discovery
+        self.pool = ModelPool(discovery, namespace, router_mode)
+        self.migration_limit = migration_limit
+        self.prefill_timeout = prefill_timeout
+        self.migrations = 0  # requests moved to another worker (tests and metrics read it)
+
+    async def start(self) -> WorkerServingBackend:
+        await self.pool.start()
+        return self
+
+    def models(self) -> list[ModelCard]:
+        return list(self.pool.cards(SERVING_ROLES).values())
+
+    def card(self, model: str) -> ModelCard:
+        cards = self.pool.cards(SERVING_ROLES)
+        if model in cards:
+            return cards[model]
+        if model in self.pool.cards((Role.PREFILL,)):
+            raise NoWorkers(f"model {model!r} has prefill workers but no decode worker is live")
+        served = ", ".join(sorted(cards)) or "none"
+        raise UnknownModel(f"model {model!r} is not served here; served models: {served}")
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        self.card(request.model)  # UnknownModel / NoWorkers before anything is sent
+        decode = self.pool.client(request.model, SERVING_ROLES)
+        prefill = self.pool.client(request.model, (Role.PREFILL,))
+        original = request
+        generated: list[int] = []
+        failed: set[str] = set()
+        attempt = 0
+        while True:
+            try:
+                record = decode.select(exclude=failed)
+            except NoInstancesError as e:
+                if attempt == 0:
+                    raise NoWorkers(f"no live worker serves model {request.model!r}") from e
+                raise WorkerFailed(f"request {request.request_id}: its worker failed and no other worker "
+                                   f"is left to continue it ({e})") from e
+            card = card_of(record)
+            if (card is not None and card.role is Role.DECODE and request.disaggregated_params is None
+                    and prefill.instances()):
+                try:
+                    params = await remote_prefill(prefill, request, self.prefill_timeout)
+                except (WorkerError, NoWorkersError) as e:
+                    raise WorkerFailed(str(e)) from e
+                request = dataclasses.replace(request, disaggregated_params=params)
+            try:
+                async for out in generate_on(decode, record, request):
+                    generated.extend(out.token_ids)
+                    if out.usage is not None and attempt > 0:
+                        out.usage = _usage_across_attempts(original, generated, out.usage)
+                    yield out
+                return
+            except WorkerError as e:
+                if not e.retryable or attempt >= self.migration_limit:
+                    raise WorkerFailed(f"request {request.request_id} failed on worker {record.instance_id}: "
+                                       f"{e}") from e
+                if original.stop.max_tokens is not None and len(generated) >= original.stop.max_tokens:
+                    # Every token owed arrived; only the final message was lost.
+                    yield GenerateOutput(finish_reason=FinishReason.LENGTH,
+                                         usage=_usage_across_attempts(original, generated, Usage()))
+                    return
+                attempt += 1
+                self.migrations += 1
+                failed.add(record.instance_id)
+                request = _continuation(original, generated)
+                log.warning("[%s] worker %s failed after %d tokens (%s); migrating (attempt %d of %d)",
+                            original.request_id, record.instance_id, len(generated), e, attempt,
+                            self.migration_limit)
+
+    async def close(self) -> None:
+        await self.pool.close()
+        if self._owns_discovery:
+            await self._discovery.close()
+
+
+def _continuation(original: GenerateRequest, generated: list[int]) -> GenerateRequest:
+    """The same request, continued: prompt + tokens so far, and the tokens still owed."""
+    stop = original.stop
+    max_tokens = None if stop.max_tokens is None else stop.max_tokens - len(generated)
+    min_tokens = None if stop.min_tokens is None else max(0, stop.min_tokens - len(generated))
+    return dataclasses.replace(original, token_ids=original.token_ids + generated,
+                               stop=dataclasses.replace(stop, max_tokens=max_tokens, min_tokens=min_tokens),
+                               disaggregated_params=None)
+
+
+def _usage_across_attempts(original: GenerateRequest, generated: list[int], last: Usage) -> Usage:
+    return Usage(prompt_tokens=len(original.token_ids), completion_tokens=len(generated),
+                 cached_tokens=min(last.cached_tokens, len(original.token_ids)))
+
+
+async def create_serving_backend(config: FrontendConfig) -> WorkerServingBackend:
+    endpoints = [e.strip() for e in config.etcd_endpoints.split(",") if e.strip()]
+    discovery = open_discovery(config.discovery_backend, discovery_dir=config.discovery_dir,
+                               etcd_endpoints=endpoints)
+    await discovery.start()
+    backend = WorkerServingBackend(discovery, config.namespace, router_mode=config.router_mode,
+                                   migration_limit=config.migration_limit)
+    return await backend.start()

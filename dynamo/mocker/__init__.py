@@ -1,0 +1,1 @@
+"""The mocker: a simulated engine (scheduler, KV cache, timing) behind the common worker shell."""

@@ -1,0 +1,183 @@
+"""The mocker's own flags and the MockerConfig they produce.
+
+The common worker flags (--namespace, --component, --endpoint, --discovery-backend, --grpc-port,
+--is-prefill-worker, --disaggregation-mode, --system-port) belong to the worker shell, not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VOCAB_SIZE = 32000
+DEFAULT_MAX_MODEL_LEN = 8192
+# A nominal 8B Llama: 2 (K and V) x 32 layers x 8 KV heads x 128 head dim x 2 bytes (bf16).
+DEFAULT_KV_BYTES_PER_TOKEN = 2 * 32 * 8 * 128 * 2
+
+
+@dataclass
+class TimingModel:
+    """Simulated step cost in milliseconds at speedup 1 (a step runs one batch).
+
+    step = overhead
+         + prefill_ms_per_token * new prompt tokens
+         + prefill_attn_ms_per_token_pair * sum(new tokens * context length) over prefill chunks
+         + decode_ms_per_seq * decoding sequences
+         + decode_ms_per_context_token * total context of the decoding sequences
+    """
+
+    step_overhead_ms: float = 4.0
+    prefill_ms_per_token: float = 0.02
+    prefill_attn_ms_per_token_pair: float = 1e-6
+    decode_ms_per_seq: float = 0.04
+    decode_ms_per_context_token: float = 2e-5
+
+    def validate(self) -> None:
+        for name, value in vars(self).items():
+            if value < 0:
+                raise ValueError(f"timing.{name} must be >= 0, got {value}")
+
+
+@dataclass
+class MockerConfig:
+    """Everything the simulated engine needs; resolved values (no 'read it from the model' left)."""
+
+    model_path: str | None = None
+    served_model_name: str = "mocker"
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN
+    eos_token_ids: list[int] = field(default_factory=list)
+    num_gpu_blocks: int = 16384
+    block_size: int = 64
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    enable_prefix_caching: bool = True
+    speedup_ratio: float = 1.0
+    kv_transfer_bandwidth: float = 64.0  # GB/s (1e9 bytes/s) from a prefill worker to a decode worker
+    kv_bytes_per_token: int = DEFAULT_KV_BYTES_PER_TOKEN
+    mocker_seed: int = 0
+    eos_rate: float = 0.0  # probability per output token of emitting EOS (0: never, run to max_tokens)
+    kv_event_buffer: int = 10000  # KV events kept for a slow reader; the oldest are dropped first
+    timing: TimingModel = field(default_factory=TimingModel)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        positive = ("vocab_size", "max_model_len", "num_gpu_blocks", "block_size", "max_num_seqs",
+                    "max_num_batched_tokens", "kv_event_buffer")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.speedup_ratio > 0:
+            raise ValueError(f"--speedup-ratio must be > 0, got {self.speedup_ratio}")
+        if not self.kv_transfer_bandwidth > 0:
+            raise ValueError(f"--kv-transfer-bandwidth must be > 0 GB/s, got {self.kv_transfer_bandwidth}")
+        if self.kv_bytes_per_token < 0:
+            raise ValueError(f"--kv-bytes-per-token must be >= 0, got {self.kv_bytes_per_token}")
+        if not 0 <= self.eos_rate <= 1:
+            raise ValueError(f"--mocker-eos-rate must be in [0, 1], got {self.eos_rate}")
+        bad_eos = [t for t in self.eos_token_ids if not 0 <= t < self.vocab_size]
+        if bad_eos:
+            raise ValueError(f"eos token ids {bad_eos} are outside the vocabulary of {self.vocab_size}")
+        self.timing.validate()
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_gpu_blocks * self.block_size
+
+
+@dataclass
+class ModelFacts:
+    vocab_size: int
+    max_position_embeddings: int | None
+    eos_token_ids: list[int]
+
+
+def read_model_facts(model_dir: str | os.PathLike[str]) -> ModelFacts:
+    """Read vocab_size, max_position_embeddings and eos_token_id from a HF-style config.json."""
+    path = Path(model_dir) / "config.json"
+    try:
+        cfg: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--model {model_dir}: no config.json there; pass a HF-style model directory "
+                         f"or omit --model and give --vocab-size") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--model {model_dir}: config.json is not valid JSON ({e})") from None
+    # multimodal configs keep the language model's settings in text_config
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+    vocab = cfg.get("vocab_size", text.get("vocab_size"))
+    if not isinstance(vocab, int) or vocab < 1:
+        raise ValueError(f"{path}: vocab_size is missing or not a positive integer ({vocab!r})")
+    max_pos = cfg.get("max_position_embeddings", text.get("max_position_embeddings"))
+    eos = cfg.get("eos_token_id", text.get("eos_token_id"))
+    eos_ids = [eos] if isinstance(eos, int) else [t for t in (eos or []) if isinstance(t, int)]
+    return ModelFacts(vocab_size=vocab, max_position_embeddings=max_pos if isinstance(max_pos, int) else None,
+                      eos_token_ids=eos_ids)
+
+
+def add_mocker_args(parser: argparse.ArgumentParser) -> None:
+    """Add the mocker's flags to the worker shell's parser."""
+    g = parser.add_argument_group("mocker engine")
+    g.add_argument("--model", dest="model", default=None, metavar="MODEL_DIR",
+                   help="HF-style model directory; vocab_size, max_position_embeddings and eos_token_id "
+                        "are read from its config.json (no weights needed)")
+    g.add_argument("--served-model-name", default=None,
+                   help="model name clients ask for (default: the model directory's name, or 'mocker')")
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help=f"vocabulary size when --model is not given (default {DEFAULT_VOCAB_SIZE})")
+    g.add_argument("--num-gpu-blocks", type=int, default=16384, help="KV cache size in blocks")
+    g.add_argument("--block-size", type=int, default=64, help="tokens per KV block")
+    g.add_argument("--max-num-seqs", type=int, default=256, help="most requests running in one batch")
+    g.add_argument("--max-num-batched-tokens", type=int, default=8192,
+                   help="token budget of one scheduler step (long prompts are prefilled in chunks)")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse KV blocks of identical prompt prefixes (and publish KV events)")
+    g.add_argument("--speedup-ratio", type=float, default=1.0,
+                   help="run the simulated clock this many times faster than real time")
+    g.add_argument("--kv-transfer-bandwidth", type=float, default=64.0,
+                   help="simulated prefill->decode KV transfer bandwidth in GB/s")
+    g.add_argument("--kv-bytes-per-token", type=int, default=DEFAULT_KV_BYTES_PER_TOKEN,
+                   help="KV bytes per token, for transfer time (default: a nominal 8B Llama in bf16, "
+                        f"{DEFAULT_KV_BYTES_PER_TOKEN})")
+    g.add_argument("--max-model-len", type=int, default=None,
+                   help="context length (default: max_position_embeddings of the model, else "
+                        f"{DEFAULT_MAX_MODEL_LEN}); capped at the KV cache capacity")
+    g.add_argument("--mocker-seed", type=int, default=0, help="seed of the simulated output tokens")
+    g.add_argument("--mocker-eos-rate", type=float, default=0.0,
+                   help="probability per token of ending with EOS (0: generate up to max_tokens)")
+
+
+def mocker_config_from_namespace(ns: argparse.Namespace) -> MockerConfig:
+    """Build the MockerConfig from parsed flags, reading the model's config.json if given."""
+    model = getattr(ns, "model", None)
+    facts = read_model_facts(model) if model else None
+    if facts is not None and ns.vocab_size is not None and ns.vocab_size != facts.vocab_size:
+        raise ValueError(f"--vocab-size {ns.vocab_size} contradicts {model}/config.json "
+                         f"(vocab_size {facts.vocab_size}); drop one of them")
+    vocab = facts.vocab_size if facts else (ns.vocab_size or DEFAULT_VOCAB_SIZE)
+    max_len = ns.max_model_len or (facts.max_position_embeddings if facts else None) or DEFAULT_MAX_MODEL_LEN
+    capacity = ns.num_gpu_blocks * ns.block_size
+    if max_len > capacity:
+        if ns.max_model_len:
+            raise ValueError(f"--max-model-len {max_len} needs more KV cache than --num-gpu-blocks "
+                             f"{ns.num_gpu_blocks} x --block-size {ns.block_size} = {capacity} tokens; "
+                             f"raise --num-gpu-blocks or lower --max-model-len")
+        log.warning("context length %d capped at the KV cache capacity of %d tokens", max_len, capacity)
+        max_len = capacity
+    name = ns.served_model_name or (Path(model).name if model else "mocker")
+    return MockerConfig(
+        model_path=model, served_model_name=name, vocab_size=vocab, max_model_len=max_len,
+        eos_token_ids=facts.eos_token_ids if facts else [],
+        num_gpu_blocks=ns.num_gpu_blocks, block_size=ns.block_size, max_num_seqs=ns.max_num_seqs,
+        max_num_batched_tokens=ns.max_num_batched_tokens, enable_prefix_caching=ns.enable_prefix_caching,
+        speedup_ratio=ns.speedup_ratio, kv_transfer_bandwidth=ns.kv_transfer_bandwidth,
+        kv_bytes_per_token=ns.kv_bytes_per_token, mocker_seed=ns.mocker_seed, eos_rate=ns.mocker_eos_rate,
+    )

@@ -1,0 +1,302 @@
+"""MockerEngine: a simulated LLM engine with a real scheduler, KV cache and timing, but no model.
+
+What it simulates:
+- a KV cache of `num_gpu_blocks` blocks of `block_size` tokens with prefix caching (kv_cache.py),
+  publishing STORED / REMOVED / CLEARED KV events;
+- continuous batching with a per-step token budget, chunked prefill and recompute preemption
+  (scheduler.py);
+- step durations from a simple cost model divided by `speedup_ratio` (timing.py);
+- deterministic output tokens (tokens.py).
+
+Disaggregated prefill/decode (the handoff is defined in disagg.py):
+- role "prefill": the request runs its prefill and produces exactly one token (max_tokens is
+  treated as 1). The last output carries that token, `usage`, and
+  `DisaggregatedParams(engine="mocker", payload={...}, first_token_ids=[t0])`.
+- role "decode" (or "agg") with `disaggregated_params`: the request must carry the *original* prompt and
+  the *original* stop conditions (max_tokens counts the whole completion, including t0). After the
+  simulated transfer (prompt tokens x kv_bytes_per_token / kv_transfer_bandwidth / speedup_ratio) the
+  prompt's KV is present (usage.cached_tokens = prompt length) and generation continues after t0.
+  The decode stream carries only the tokens *after* first_token_ids, so
+      first_token_ids + decode stream == the aggregated output of the same request
+  (tokens depend only on seed, prompt and position). usage.completion_tokens counts the whole
+  completion (first_token_ids included). If t0 already ended the request (max_tokens == 1, or t0 is
+  a stop/EOS token) the decode stream is a single final output with no tokens.
+- role "decode" without params: the request is prefilled locally, as in "agg".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from dynamo.llm.engine import EngineError, LLMEngine
+from dynamo.llm.protocol import (
+    EngineInfo, EngineStats, FinishReason, GenerateOutput, GenerateRequest, InvalidRequest, KvEvent, Usage,
+)
+
+from dynamo.mocker import disagg
+from dynamo.mocker.args import MockerConfig
+from dynamo.mocker.events import KvEventBuffer
+from dynamo.mocker.kv_cache import KvCache
+from dynamo.mocker.scheduler import Scheduler
+from dynamo.mocker.sequence import Sequence, SeqState, block_hashes
+from dynamo.mocker.timing import SimClock, step_seconds, transfer_seconds
+from dynamo.mocker.tokens import TokenSampler, request_seed
+
+log = logging.getLogger(__name__)
+
+ROLES = ("agg", "prefill", "decode")
+
+
+class MockerEngine(LLMEngine):
+    name = "mocker"
+
+    def __init__(self, config: MockerConfig, role: str = "agg") -> None:
+        role = getattr(role, "value", role)
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        self.config = config
+        self.role: str = role
+        self.context_length = min(config.max_model_len, config.kv_capacity_tokens)
+        self._sampler = TokenSampler(config.vocab_size, config.eos_token_ids, config.eos_rate)
+        self._eos = frozenset(self._sampler.eos_token_ids)
+        self._events = KvEventBuffer(config.kv_event_buffer)
+        self._cache = KvCache(config.num_gpu_blocks, config.block_size,
+                              prefix_caching=config.enable_prefix_caching, publish=self._events.publish)
+        self._scheduler = Scheduler(self._cache, max_num_seqs=config.max_num_seqs,
+                                    max_num_batched_tokens=config.max_num_batched_tokens)
+        self._requests: dict[str, Sequence] = {}
+        self._num_transferring = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._generated_tokens = 0
+        self._finished_requests = 0
+
+    # --- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> EngineInfo:
+        if self._task is not None:
+            raise EngineError("MockerEngine.start() called twice")
+        self._task = asyncio.create_task(self._run(), name="mocker-engine-loop")
+        log.info("mocker engine started: role=%s blocks=%d x %d tokens, context %d, speedup %.1f",
+                 self.role, self.config.num_gpu_blocks, self.config.block_size, self.context_length,
+                 self.config.speedup_ratio)
+        return self.info
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(vocab_size=self.config.vocab_size, context_length=self.context_length,
+                          kv_block_size=self.config.block_size, total_kv_blocks=self.config.num_gpu_blocks,
+                          eos_token_ids=list(self._sampler.eos_token_ids))
+
+    async def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for seq in list(self._requests.values()):
+            self._finish(seq, FinishReason.ERROR, error="the engine shut down")
+        self._events.close()
+
+    async def check_health(self) -> None:
+        if self._failure is not None:
+            raise EngineError(f"mocker engine loop failed: {self._failure!r}")
+        if self._task is None or self._task.done():
+            raise EngineError("mocker engine loop is not running (start() not called, or shut down)")
+
+    # --- requests ---------------------------------------------------------------------------
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        seq, transfer_s = self._new_sequence(request)
+        sink = seq.sink
+        self._requests[seq.request_id] = seq
+        try:
+            if not self._finished_by_first_tokens(seq):
+                if transfer_s > 0:
+                    seq.state = SeqState.TRANSFERRING
+                    self._num_transferring += 1
+                    try:
+                        await asyncio.sleep(transfer_s)
+                    finally:
+                        self._num_transferring -= 1
+                if seq.state is not SeqState.FINISHED:  # not aborted during the transfer
+                    self._scheduler.add(seq)
+                    self._wakeup.set()
+            while True:
+                await sink.event.wait()
+                sink.event.clear()
+                tokens, sink.tokens = sink.tokens, []
+                logprobs = None
+                if seq.logprobs is not None:
+                    logprobs, sink.logprobs = sink.logprobs, []
+                if sink.finish_reason is not None:
+                    yield GenerateOutput(token_ids=tokens, logprobs=logprobs, finish_reason=sink.finish_reason,
+                                         usage=self._usage(seq), error=sink.error,
+                                         disaggregated_params=sink.disaggregated_params)
+                    return
+                if tokens:
+                    yield GenerateOutput(token_ids=tokens, logprobs=logprobs)
+        finally:
+            if seq.state is not SeqState.FINISHED:
+                self._finish(seq, FinishReason.CANCELLED)
+
+    async def abort(self, request_id: str) -> None:
+        seq = self._requests.get(request_id)
+        if seq is not None:
+            self._finish(seq, FinishReason.CANCELLED)
+
+    def _new_sequence(self, request: GenerateRequest) -> tuple[Sequence, float]:
+        if self._failure is not None:
+            raise EngineError(f"mocker engine loop failed: {self._failure!r}")
+        if self._task is None or self._task.done():
+            raise EngineError("mocker engine is not running: call start() first")
+        request.validate_common(vocab_size=self.config.vocab_size, context_length=self.context_length)
+        if request.request_id in self._requests:
+            raise InvalidRequest(f"request id {request.request_id!r} is already running; ids must be unique")
+        prompt = list(request.token_ids)
+        stop = request.stop
+        room = self.context_length - len(prompt)
+        max_tokens = min(stop.max_tokens or room, room)
+        if self.role == "prefill":
+            max_tokens = 1  # a prefill worker hands over after the first token
+        seq = Sequence(
+            request_id=request.request_id, prompt_len=len(prompt), tokens=prompt,
+            seed=request_seed(self.config.mocker_seed, prompt, request.sampling), max_tokens=max_tokens,
+            min_tokens=stop.min_tokens or 0, stop_token_ids=frozenset(stop.stop_token_ids),
+            ignore_eos=stop.ignore_eos, logprobs=request.output.logprobs, block_size=self.config.block_size)
+        params = request.disaggregated_params
+        if params is None:
+            return seq, 0.0
+        if self.role == "prefill":
+            raise InvalidRequest("this is a prefill worker: disaggregated_params belong on requests to a decode worker")
+        disagg.validate_params(params, prompt=prompt, expected_block_hashes=seq.prompt_block_hashes(),
+                               block_size=self.config.block_size, mocker_seed=self.config.mocker_seed,
+                               vocab_size=self.config.vocab_size)
+        if len(prompt) + len(params.first_token_ids) > self.context_length:
+            raise InvalidRequest(f"prompt ({len(prompt)} tokens) + first_token_ids ({len(params.first_token_ids)}) "
+                                 f"exceed this model's context of {self.context_length} tokens")
+        seq.tokens = prompt + list(params.first_token_ids)
+        seq.remote_kv_tokens = len(prompt)
+        seq.cached_tokens = len(prompt)
+        return seq, transfer_seconds(len(prompt), self.config.kv_bytes_per_token,
+                                     self.config.kv_transfer_bandwidth, self.config.speedup_ratio)
+
+    def _finished_by_first_tokens(self, seq: Sequence) -> bool:
+        """A decode request whose prefill tokens already ended it finishes without running."""
+        if seq.num_output == 0:
+            return False
+        reason = self._finish_reason(seq, seq.tokens[-1])
+        if reason is not None:
+            self._finish(seq, reason)
+            return True
+        return False
+
+    # --- the engine loop --------------------------------------------------------------------
+    async def _run(self) -> None:
+        clock = SimClock()
+        try:
+            while True:
+                if not self._scheduler.has_work():
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                plan = self._scheduler.schedule()
+                if not plan.items:  # nothing fits right now; cannot last while nothing runs
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), timeout=0.01)
+                    except TimeoutError:
+                        pass
+                    continue
+                await clock.advance(step_seconds(plan, self.config.timing, self.config.speedup_ratio))
+                for seq in self._scheduler.complete(plan):
+                    self._emit_token(seq)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug in the simulator: fail every request loudly, keep the reason
+            log.exception("mocker engine loop failed")
+            self._failure = e
+            for seq in list(self._requests.values()):
+                self._finish(seq, FinishReason.ERROR, error=f"mocker engine failed: {e!r}")
+
+    def _emit_token(self, seq: Sequence) -> None:
+        position = seq.num_output
+        early = position < seq.min_tokens
+        token = self._sampler.sample(seq.seed, position, ban=seq.stop_token_ids if early else frozenset(),
+                                     allow_eos=not (early or seq.ignore_eos))
+        seq.tokens.append(token)
+        self._generated_tokens += 1
+        sink = seq.sink
+        sink.tokens.append(token)
+        if seq.logprobs is not None:
+            sink.logprobs.append(self._sampler.logprob(seq.seed, position, token, seq.logprobs,
+                                                       self.config.vocab_size))
+        reason = self._finish_reason(seq, token)
+        if reason is not None:
+            self._finish(seq, reason)
+        else:
+            sink.event.set()
+
+    def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+        if seq.num_output >= seq.min_tokens:
+            if token in self._eos and not seq.ignore_eos:
+                return FinishReason.EOS
+            if token in seq.stop_token_ids:
+                return FinishReason.STOP
+        if seq.num_output >= seq.max_tokens or len(seq.tokens) >= self.context_length:
+            return FinishReason.LENGTH
+        return None
+
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
+        if seq.state is SeqState.FINISHED:
+            return
+        self._scheduler.remove(seq)
+        if self._requests.get(seq.request_id) is seq:
+            del self._requests[seq.request_id]
+        self._finished_requests += 1
+        sink = seq.sink
+        sink.finish_reason = reason
+        sink.error = error
+        if self.role == "prefill" and reason is not FinishReason.CANCELLED and reason is not FinishReason.ERROR:
+            sink.disaggregated_params = disagg.make_params(
+                prompt=seq.tokens[:seq.prompt_len], block_hashes=seq.prompt_block_hashes(),
+                block_size=self.config.block_size, mocker_seed=self.config.mocker_seed,
+                kv_bytes_per_token=self.config.kv_bytes_per_token, first_token_ids=seq.output_ids)
+        sink.event.set()
+
+    @staticmethod
+    def _usage(seq: Sequence) -> Usage:
+        return Usage(prompt_tokens=seq.prompt_len, completion_tokens=seq.num_output,
+                     cached_tokens=seq.cached_tokens or 0)
+
+    # --- KV cache and reporting -------------------------------------------------------------
+    async def clear_kv_blocks(self) -> None:
+        self._cache.clear()
+
+    def kv_events(self) -> AsyncIterator[KvEvent] | None:
+        if not self.config.enable_prefix_caching:
+            return None
+        return self._events.__aiter__()
+
+    def stats(self) -> EngineStats:
+        total = self._cache.num_blocks
+        active = self._cache.num_active
+        return EngineStats(running_requests=len(self._scheduler.running),
+                           waiting_requests=len(self._scheduler.waiting) + self._num_transferring,
+                           kv_usage=active / total, kv_total_blocks=total, kv_active_blocks=active)
+
+    def num_unfinished_requests(self) -> int:
+        return len(self._requests)
+
+    def counters(self) -> dict[str, int]:
+        """Lifetime counters (for metrics and tests): preemptions, admission waits, steps, ..."""
+        c = self._scheduler.counters
+        return {"steps": c.steps, "preemptions": c.preemptions, "admission_waits": c.admission_waits,
+                "prefix_hit_tokens": c.prefix_hit_tokens, "generated_tokens": self._generated_tokens,
+                "finished_requests": self._finished_requests, "kv_events_published": self._events.published,
+                "kv_events_dropped": self._events.dropped, "kv_cached_blocks": self._cache.num_cached}
+
+
+__all__ = ["MockerEngine", "block_hashes"]

@@ -1,0 +1,180 @@
+"""Calling an endpoint's instances: discovery-driven instance choice and gRPC channels."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+
+from dynamo.runtime.discovery.base import Discovery
+from dynamo.runtime.discovery.records import InstanceRecord, InstanceWatcher
+from dynamo.runtime.identity import EndpointAddress
+
+log = logging.getLogger(__name__)
+
+ROUTER_POLICIES = ("round-robin", "random", "least-loaded")
+
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # Fail fast when a peer is gone instead of backing off for up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.enable_retries", 0),
+]
+
+Resp = TypeVar("Resp")
+
+
+class NoInstancesError(RuntimeError):
+    """No live instance of the endpoint (after the optional wait)."""
+
+
+class InstanceUnreachableError(RuntimeError):
+    """The chosen instance did not answer (connection refused, reset, or deadline while connecting)."""
+
+    def __init__(self, record: InstanceRecord, detail: str) -> None:
+        super().__init__(f"instance {record.instance_id} of {record.address} at {record.target} "
+                         f"is unreachable: {detail}")
+        self.record = record
+
+
+class EndpointClient:
+    """Watches one endpoint's instances and opens calls to them.
+
+    Instance choice: round-robin, random, least-loaded (fewest streams this client has open
+    there), or direct (by instance id). Channels are cached per instance and closed when the
+    instance leaves discovery.
+    """
+
+    def __init__(self, discovery: Discovery | None, address: EndpointAddress | str,
+                 policy: str = "round-robin", *, watcher: InstanceWatcher | None = None,
+                 predicate: Callable[[InstanceRecord], bool] | None = None) -> None:
+        """`address`: one endpoint, or a label for a pool given as `watcher` + `predicate`
+        (e.g. every prefill instance of a model in a namespace; the caller owns that watcher)."""
+        if policy not in ROUTER_POLICIES:
+            raise ValueError(f"unknown router policy {policy!r}; choose one of {', '.join(ROUTER_POLICIES)}")
+        self.address = address
+        self.policy = policy
+        self._predicate = predicate
+        self._owns_watcher = watcher is None
+        if watcher is None:
+            if discovery is None or not isinstance(address, EndpointAddress):
+                raise ValueError("give discovery and an EndpointAddress, or a watcher")
+            watcher = InstanceWatcher.for_endpoint(discovery, address)
+        self._watcher = watcher
+        self._watcher.on_change(self._on_change)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._inflight: dict[str, int] = {}
+        self._rr = itertools.count()
+
+    async def start(self) -> EndpointClient:
+        if self._owns_watcher:
+            await self._watcher.start()
+        return self
+
+    @property
+    def watcher(self) -> InstanceWatcher:
+        return self._watcher
+
+    def instances(self) -> list[InstanceRecord]:
+        recs = self._watcher.instances.values()
+        if self._predicate is not None:
+            recs = [r for r in recs if self._predicate(r)]
+        return sorted(recs, key=lambda r: r.instance_id)
+
+    def inflight(self, instance_id: str) -> int:
+        return self._inflight.get(instance_id, 0)
+
+    async def wait_for_instances(self, timeout: float) -> list[InstanceRecord]:
+        if not await self._watcher.wait_for(lambda _: bool(self.instances()), timeout):
+            raise NoInstancesError(f"no instance of {self.address} appeared within {timeout:g} s")
+        return self.instances()
+
+    def select(self, *, instance_id: str | None = None, policy: str | None = None,
+               exclude: Iterable[str] = ()) -> InstanceRecord:
+        if instance_id is not None:
+            rec = self._watcher.get(instance_id)
+            if rec is None or (self._predicate is not None and not self._predicate(rec)):
+                raise NoInstancesError(f"instance {instance_id} of {self.address} is not registered")
+            return rec
+        excluded = set(exclude)
+        candidates = [r for r in self.instances() if r.instance_id not in excluded]
+        if not candidates:
+            raise NoInstancesError(f"no live instance of {self.address}"
+                                   + (f" (excluding {sorted(excluded)})" if excluded else ""))
+        policy = policy or self.policy
+        if policy == "random":
+            return random.choice(candidates)
+        if policy == "least-loaded":
+            least = min(self.inflight(r.instance_id) for r in candidates)
+            candidates = [r for r in candidates if self.inflight(r.instance_id) == least]
+        return candidates[next(self._rr) % len(candidates)]
+
+    def channel(self, record: InstanceRecord) -> grpc.aio.Channel:
+        ch = self._channels.get(record.instance_id)
+        if ch is None:
+            ch = grpc.aio.insecure_channel(record.target, options=CHANNEL_OPTIONS)
+            self._channels[record.instance_id] = ch
+        return ch
+
+    async def stream(self, method: str, request: Any, *,
+                     request_serializer: Callable[[Any], bytes] | None,
+                     response_deserializer: Callable[[bytes], Resp] | None,
+                     timeout: float | None = None, instance_id: str | None = None,
+                     record: InstanceRecord | None = None,
+                     metadata: tuple[tuple[str, str], ...] | None = None) -> AsyncIterator[Resp]:
+        """A server-streaming call to one instance.
+
+        Closing the iterator (or cancelling the task that drives it) cancels the call, and the
+        server handler sees the cancellation. Connection failures raise InstanceUnreachableError
+        naming the instance; other gRPC errors propagate as grpc.aio.AioRpcError.
+        """
+        rec = record or self.select(instance_id=instance_id)
+        callable_ = self.channel(rec).unary_stream(method, request_serializer=request_serializer,
+                                                   response_deserializer=response_deserializer)
+        call = callable_(request, timeout=timeout, metadata=metadata)
+        self._inflight[rec.instance_id] = self._inflight.get(rec.instance_id, 0) + 1
+        try:
+            while True:
+                try:
+                    msg = await call.read()
+                except grpc.aio.AioRpcError as e:
+                    raise translate_rpc_error(e, rec) from e
+                if msg is grpc.aio.EOF:
+                    return
+                yield msg
+        finally:
+            self._inflight[rec.instance_id] -= 1
+            if not call.done():
+                call.cancel()
+
+    def _on_change(self, instance_id: str, record: InstanceRecord | None) -> None:
+        if record is None:
+            ch = self._channels.pop(instance_id, None)
+            if ch is not None:
+                # Let calls still running on it end on their own; close in the background.
+                asyncio.get_running_loop().create_task(ch.close(grace=5.0))
+
+    async def close(self) -> None:
+        if self._owns_watcher:
+            await self._watcher.close()
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)
+
+
+def translate_rpc_error(e: grpc.aio.AioRpcError, record: InstanceRecord) -> Exception:
+    """Connection-level failures become InstanceUnreachableError; the rest stay as they are."""
+    if e.code() == grpc.StatusCode.UNAVAILABLE:
+        return InstanceUnreachableError(record, e.details() or "unavailable")
+    if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "connect" in (e.debug_error_string() or "").lower():
+        return InstanceUnreachableError(record, "deadline exceeded while connecting")
+    return e

@@ -1,0 +1,94 @@
+"""vLLM's own engine flags, passed through untouched, and the settings a role needs.
+
+The worker shell adds the common flags (--namespace, --endpoint, --disaggregation-mode, ...) to the
+same parser; vLLM defines every other flag itself, so `python -m dynamo.vllm --help` shows vLLM's
+own documentation and any flag a newer vLLM adds works without a change here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+import tempfile
+import uuid
+
+from vllm.config import KVEventsConfig, KVTransferConfig
+from vllm.engine.arg_utils import AsyncEngineArgs
+
+#: the roles a vLLM worker can take; "agg" runs prefill and decode itself
+ROLES = ("agg", "prefill", "decode")
+NIXL_PORT_ENV = "VLLM_NIXL_SIDE_CHANNEL_PORT"
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add every vLLM engine flag (as `vllm serve` defines it) to `parser`.
+
+    Best with vLLM's `FlexibleArgumentParser` (it also accepts `--max_model_len` spellings and JSON
+    config flags such as `--kv-transfer-config '{...}'`). Note vLLM owns `--model`, `--seed`,
+    `--log-level`, `--served-model-name` and the short options `-n -r -q -tp -pp -dp -ep ...`.
+    """
+    return AsyncEngineArgs.add_cli_args(parser)  # type: ignore[arg-type]
+
+
+def engine_args_from_namespace(ns: argparse.Namespace) -> AsyncEngineArgs:
+    """vLLM's engine arguments from a namespace parsed by a parser built with `add_engine_args`."""
+    return AsyncEngineArgs.from_cli_args(ns)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on `host` (another process may take it before it is bound)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"unknown worker role {role!r}; expected one of {', '.join(ROLES)}")
+    return role
+
+
+def configure_disaggregation(engine_args: AsyncEngineArgs, role: str) -> AsyncEngineArgs:
+    """Give a prefill or decode engine the NIXL connector it needs to hand KV blocks over.
+
+    An explicit `--kv-transfer-config` wins. Otherwise a prefill engine produces KV (kv_producer)
+    and a decode engine consumes it (kv_consumer); vLLM deprecates "kv_both" for NixlConnector.
+    NIXL listens on a side-channel port that vLLM reads from VLLM_NIXL_SIDE_CHANNEL_PORT; each
+    worker needs its own, so a free one is picked when the variable is unset. The environment is
+    process-wide: run one disaggregated engine per process. Returns a new AsyncEngineArgs.
+    """
+    role = check_role(role)
+    if role == "agg" or engine_args.kv_transfer_config is not None:
+        return engine_args
+    from vllm.platforms import current_platform
+
+    transfer = KVTransferConfig(
+        kv_connector="NixlConnector",
+        kv_role="kv_producer" if role == "prefill" else "kv_consumer",
+        kv_buffer_device="cpu" if current_platform.is_cpu() else current_platform.device_type,
+    )
+    if not os.environ.get(NIXL_PORT_ENV):
+        # Read by the engine-core process, which inherits this environment when it is spawned.
+        os.environ[NIXL_PORT_ENV] = str(free_port())
+    return dataclasses.replace(engine_args, kv_transfer_config=transfer)
+
+
+def configure_kv_events(engine_args: AsyncEngineArgs) -> AsyncEngineArgs:
+    """Make vLLM publish its KV-cache events on a private ZMQ endpoint the adapter subscribes to.
+
+    An explicit `--kv-events-config` wins (even one that disables events). The default publishes on
+    an ipc:// socket in the temp directory: no port to pick, nothing reachable from outside.
+    Prefix caching is left as configured (vLLM's default is on; KV events need it).
+    """
+    if engine_args.kv_events_config is not None:
+        return engine_args
+    path = os.path.join(tempfile.gettempdir(), f"dynamo-vllm-kv-{uuid.uuid4().hex[:12]}.sock")
+    events = KVEventsConfig(enable_kv_cache_events=True, publisher="zmq", endpoint=f"ipc://{path}")
+    return dataclasses.replace(engine_args, kv_events_config=events)
+
+
+def prepare_engine_args(engine_args: AsyncEngineArgs, role: str = "agg") -> AsyncEngineArgs:
+    """Everything a worker of `role` needs on top of the user's flags (a new AsyncEngineArgs)."""
+    return configure_kv_events(configure_disaggregation(engine_args, role))

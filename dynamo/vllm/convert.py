@@ -1,0 +1,127 @@
+"""Translate our generate protocol to vLLM's types and vLLM's outputs back. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from vllm import SamplingParams
+from vllm.sampling_params import RequestOutputKind
+
+from dynamo.llm.protocol import FinishReason, GenerateRequest, InvalidRequest, TokenLogprob
+
+ENGINE_NAME = "vllm"
+
+
+def kv_transfer_params_for(request: GenerateRequest, role: str) -> dict[str, Any] | None:
+    """The `kv_transfer_params` vLLM's NIXL connector reads for this request, if any.
+
+    A prefill worker asks vLLM to keep the prompt's KV blocks for a remote decode; a request that
+    carries a prefill's result hands vLLM that prefill's own `kv_transfer_params`.
+    """
+    params = request.disaggregated_params
+    if params is not None:
+        if params.engine != ENGINE_NAME:
+            raise InvalidRequest(
+                f"disaggregated_params were made by a {params.engine!r} prefill worker; a vLLM decode "
+                "worker can only continue a vLLM prefill (route prefill and decode to the same backend)")
+        if role == "prefill":
+            raise InvalidRequest("a prefill worker got a request that already carries a prefill result")
+        if not isinstance(params.payload, Mapping) or not params.payload:
+            raise InvalidRequest("disaggregated_params.payload is empty; expected vLLM's kv_transfer_params")
+        return dict(params.payload)
+    if role == "prefill":
+        return {"do_remote_decode": True}
+    return None
+
+
+def sampling_params_for(request: GenerateRequest, role: str = "agg") -> SamplingParams:
+    """vLLM SamplingParams for `request`; vLLM's own validation errors become InvalidRequest."""
+    s, stop, out = request.sampling, request.stop, request.output
+    kwargs: dict[str, Any] = {
+        # Our None means greedy; vLLM's default temperature is 1.0.
+        "temperature": s.temperature or 0.0,
+        "seed": s.seed,
+        "max_tokens": stop.max_tokens,
+        "min_tokens": stop.min_tokens or 0,
+        "stop_token_ids": list(stop.stop_token_ids),
+        "ignore_eos": stop.ignore_eos,
+        "logprobs": out.logprobs,
+        "skip_special_tokens": out.skip_special_tokens,
+        # The frontend detokenizes; vLLM only streams token ids, each only once.
+        "detokenize": False,
+        "output_kind": RequestOutputKind.DELTA,
+    }
+    for name in ("top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+                 "repetition_penalty"):
+        value = getattr(s, name)
+        if value is not None:
+            kwargs[name] = value
+    if role == "prefill":
+        # A prefill computes the prompt's KV and its first token; a decode worker does the rest.
+        kwargs["max_tokens"] = 1
+        kwargs["min_tokens"] = min(kwargs["min_tokens"], 1)
+    transfer = kv_transfer_params_for(request, role)
+    if transfer is not None:
+        kwargs["extra_args"] = {"kv_transfer_params": transfer}
+    try:
+        return SamplingParams(**kwargs)
+    except Exception as exc:
+        if is_client_error(exc) or isinstance(exc, TypeError):
+            raise InvalidRequest(f"vLLM rejected the sampling options: {exc}") from exc
+        raise
+
+
+def is_client_error(exc: BaseException) -> bool:
+    """Whether vLLM blames the request (its VLLMClientError family, or a plain ValueError)."""
+    from vllm.exceptions import VLLMClientError
+
+    return isinstance(exc, (VLLMClientError, ValueError))
+
+
+def finish_reason_of(vllm_reason: str | None, stop_reason: int | str | None,
+                     stop_token_ids: Iterable[int]) -> FinishReason | None:
+    """Map vLLM's finish reason; "stop" means EOS unless one of the request's stop tokens matched."""
+    if vllm_reason is None:
+        return None
+    if vllm_reason == "length":
+        return FinishReason.LENGTH
+    if vllm_reason == "abort":
+        return FinishReason.CANCELLED
+    if vllm_reason == "error":
+        return FinishReason.ERROR
+    if vllm_reason == "stop":
+        # stop_reason is None for the tokenizer's EOS; an int for a stop token id (which includes
+        # extra EOS ids vLLM takes from generation_config); a str for a stop string.
+        if stop_reason is None:
+            return FinishReason.EOS
+        if isinstance(stop_reason, int) and stop_reason not in set(stop_token_ids):
+            return FinishReason.EOS
+        return FinishReason.STOP
+    # "repetition" (vLLM's repetition detector) and anything newer: the engine chose to stop.
+    return FinishReason.STOP
+
+
+def logprobs_of(token_ids: Iterable[int], positions: Iterable[Mapping[int, Any] | None] | None,
+                num_top: int) -> list[TokenLogprob] | None:
+    """vLLM's per-position {token id: Logprob(logprob, rank)} dicts as our TokenLogprob list.
+
+    vLLM puts the sampled token and the top `num_top` alternatives in each dict (the sampled one
+    once, even when it is also in the top); ranks start at 1.
+    """
+    if positions is None:
+        return None
+    result: list[TokenLogprob] = []
+    for token_id, position in zip(token_ids, positions):
+        if position is None:
+            continue
+        chosen = position.get(token_id)
+        top = sorted(((tid, lp) for tid, lp in position.items()
+                      if lp.rank is not None and 1 <= lp.rank <= num_top),
+                     key=lambda item: item[1].rank)
+        result.append(TokenLogprob(
+            token_id=token_id,
+            logprob=float(chosen.logprob) if chosen is not None else float("nan"),
+            top=[(tid, float(lp.logprob)) for tid, lp in top],
+        ))
+    return result

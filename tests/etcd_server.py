@@ -1,0 +1,137 @@
+"""A real etcd for tests: one member on loopback, free ports, a temp data dir.
+
+    with EtcdServer() as etcd:
+        etcd.endpoint            # "127.0.0.1:PORT"
+        etcd.restart(fresh=True) # same ports, empty data dir: every lease and key is gone
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ETCD_BINARY = "etcd"
+
+
+def etcd_available() -> bool:
+    return shutil.which(ETCD_BINARY) is not None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EtcdServer:
+    def __init__(self, *, start_timeout: float = 15.0) -> None:
+        binary = shutil.which(ETCD_BINARY)
+        if binary is None:
+            raise RuntimeError("etcd binary not found on PATH: apt-get install etcd-server (Debian) to run these tests")
+        self.binary = binary
+        self.start_timeout = start_timeout
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self._tmp = Path(tempfile.mkdtemp(prefix="dyn-etcd-"))
+        self.data_dir = self._tmp / "data"
+        self.log_path = self._tmp / "etcd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    def start(self) -> EtcdServer:
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        cmd = [
+            self.binary,
+            "--name", "test",
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.url,
+            "--advertise-client-urls", self.url,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"test={peer}",
+            "--log-level", "warn",
+        ]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with code {self.proc.returncode} while starting:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1.0) as resp:
+                    body = json.loads(resp.read())
+                if body.get("health") == "true":
+                    return
+                last = f"health={body!r}"
+            except (OSError, urllib.error.URLError, ValueError) as exc:
+                last = str(exc)
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"etcd not healthy within {self.start_timeout} s ({last}):\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM), SIGKILL after `timeout`."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def restart(self, *, fresh: bool = False) -> None:
+        """Stop and start on the same ports; `fresh` wipes the data dir (leases and keys are lost)."""
+        self.stop()
+        if fresh:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.start()
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no etcd log)"
+
+    def __enter__(self) -> EtcdServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,184 @@
+"""Incremental detokenization, stop-string hold-back and the per-request output processor."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from dynamo.frontend.backend import WorkerFailed
+from dynamo.frontend.detokenize import (DecodeStream, PrefixOffsetDetokenizer, StreamDetokenizer,
+                                        make_detokenizer)
+from dynamo.frontend.postprocess import OutputProcessor
+from dynamo.frontend.stop import StopStringMatcher
+from dynamo.frontend.tokenizer import ModelTokenizer
+from dynamo.llm.protocol import FinishReason, GenerateOutput, TokenLogprob
+
+TEXTS = [
+    "def hello(world):\n    return world + 1\n",
+    "héllo ünïcode — naïve café 😀🚀 日本語のテキスト ✓",
+    "  leading spaces, tabs\tand\nnew lines\r\n",
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        return Path(request.getfixturevalue("tiny_model_dir"))
+    except pytest.FixtureLookupError:  # the shared session fixture is not there: build our own
+        from dynamo.llm.tiny_model import build_tiny_model
+        return build_tiny_model(tmp_path_factory.getbasetemp() / "frontend-tiny-model")
+
+
+@pytest.fixture(scope="module")
+def tok(model_dir: Path) -> ModelTokenizer:
+    from transformers import AutoTokenizer
+    return ModelTokenizer(hf=AutoTokenizer.from_pretrained(str(model_dir)), chat_template=None)
+
+
+def _detokenizers(tok: ModelTokenizer, skip: bool) -> list:
+    return [StreamDetokenizer(tok.fast, tok.hf, skip), PrefixOffsetDetokenizer(tok.hf, skip)]
+
+
+def test_decode_stream_is_available() -> None:
+    # tokenizers >= 0.21 is what we run on; the fallback exists for older installs only.
+    assert DecodeStream is not None
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_incremental_equals_full_decode_on_random_ids(tok: ModelTokenizer, skip: bool) -> None:
+    rng = random.Random(1234)
+    for trial in range(300):
+        ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randrange(1, 80))]
+        full = tok.hf.decode(ids, skip_special_tokens=skip)
+        for detok in _detokenizers(tok, skip):
+            out = "".join(detok.step(t) for t in ids) + detok.flush()
+            assert out == full, (type(detok).__name__, trial, ids)
+
+
+def test_incremental_in_random_batches_equals_full_decode(tok: ModelTokenizer) -> None:
+    rng = random.Random(99)
+    for trial in range(200):
+        ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randrange(1, 80))]
+        full = tok.hf.decode(ids, skip_special_tokens=True)
+        for detok in _detokenizers(tok, True):
+            parts, i = [], 0
+            while i < len(ids):
+                n = rng.randrange(1, 9)
+                parts.append(detok.step_many(ids[i:i + n]))
+                i += n
+            assert "".join(parts) + detok.flush() == full, (type(detok).__name__, trial)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_real_text_round_trips_and_never_emits_broken_characters(tok: ModelTokenizer,
+                                                                   text: str) -> None:
+    ids = tok.encode(text, add_special_tokens=False)
+    for detok in _detokenizers(tok, True):
+        pieces = [detok.step(t) for t in ids]
+        assert "".join(pieces) + detok.flush() == text
+        assert not any("\ufffd" in p for p in pieces)  # multi-byte characters arrive whole
+
+
+def test_special_tokens_are_skipped(tok: ModelTokenizer) -> None:
+    eos = tok.hf.convert_tokens_to_ids("</s>")
+    ids = tok.encode("abc", add_special_tokens=False) + [eos]
+    detok = make_detokenizer(tok, skip_special_tokens=True)
+    assert "".join(detok.step(t) for t in ids) + detok.flush() == "abc"
+
+
+# --- stop strings --------------------------------------------------------------------------------
+
+def test_stop_holds_back_a_possible_prefix_then_releases_it() -> None:
+    m = StopStringMatcher(["STOP"])
+    assert m.feed("hello S") == "hello "  # "S" might start "STOP"
+    assert m.feed("T") == ""
+    assert m.feed("x") == "STx"  # not a stop after all: released
+    assert m.flush() == ""
+    assert m.matched is None
+
+
+def test_stop_match_across_pieces_truncates_before_the_stop() -> None:
+    m = StopStringMatcher(["</answer>"])
+    out = m.feed("the answer is 42</an") + m.feed("swer> and more")
+    assert out == "the answer is 42"
+    assert m.matched == "</answer>"
+    assert m.feed("later text") == "" and m.flush() == ""
+
+
+def test_stop_earliest_of_several() -> None:
+    m = StopStringMatcher(["world", "lo w"])
+    assert m.feed("hello world") == "hel"
+    assert m.matched == "lo w"
+
+
+def test_stop_flush_releases_held_text_at_end() -> None:
+    m = StopStringMatcher(["\n\n"])
+    assert m.feed("line\n") == "line"
+    assert m.flush() == "\n"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stop_random_splits_never_leak_a_stop_string(seed: int) -> None:
+    rng = random.Random(seed)
+    alphabet = "ab c\n"
+    for _ in range(300):
+        stops = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 4)))
+                 for _ in range(rng.randrange(1, 4))]
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30)))
+        m = StopStringMatcher(stops)
+        out, i = [], 0
+        while i < len(text):
+            n = rng.randrange(1, 5)
+            out.append(m.feed(text[i:i + n]))
+            i += n
+        result = "".join(out) + m.flush()
+        present = [s for s in stops if s in text]
+        if not present:
+            assert result == text and m.matched is None
+            continue
+        # cut right before one of the stop strings, and no stop string appears in what was sent
+        assert m.matched in present
+        assert result == text[:text.find(m.matched)], (stops, text, result)
+        assert not any(s in result for s in stops)
+
+
+# --- output processor ----------------------------------------------------------------------------
+
+def _proc(tok: ModelTokenizer, stop: list[str], max_tokens: int = 100) -> OutputProcessor:
+    return OutputProcessor(make_detokenizer(tok), stop, max_tokens)
+
+
+def test_processor_counts_only_tokens_up_to_the_stop_string(tok: ModelTokenizer) -> None:
+    ids = tok.encode("one two STOP three four", add_special_tokens=False)
+    proc = _proc(tok, ["STOP"])
+    lps = [TokenLogprob(t, -1.0) for t in ids]
+    delta = proc.process(GenerateOutput(token_ids=ids, logprobs=lps))
+    assert delta.text == "one two "
+    assert delta.finish_reason == "stop"
+    n_kept = next(n for n in range(1, len(ids) + 1)
+                  if "STOP" in tok.hf.decode(ids[:n]))
+    assert proc.completion_tokens == n_kept < len(ids)
+    assert delta.logprobs is not None and len(delta.logprobs) == n_kept
+
+
+def test_processor_never_exceeds_max_tokens(tok: ModelTokenizer) -> None:
+    ids = tok.encode("a b c d e f g h", add_special_tokens=False)
+    proc = _proc(tok, [], max_tokens=3)
+    delta = proc.process(GenerateOutput(token_ids=ids))
+    assert delta.finish_reason == "length"
+    assert proc.completion_tokens == 3
+    assert delta.text == tok.hf.decode(ids[:3])
+
+
+def test_processor_maps_finish_reasons_and_errors(tok: ModelTokenizer) -> None:
+    assert _proc(tok, []).process(GenerateOutput([5], finish_reason=FinishReason.EOS)
+                                  ).finish_reason == "stop"
+    assert _proc(tok, []).process(GenerateOutput([5], finish_reason=FinishReason.LENGTH)
+                                  ).finish_reason == "length"
+    with pytest.raises(WorkerFailed, match="engine exploded"):
+        _proc(tok, []).process(GenerateOutput([], finish_reason=FinishReason.ERROR,
+                                              error="engine exploded"))
+    with pytest.raises(WorkerFailed, match="cancelled"):
+        _proc(tok, []).process(GenerateOutput([], finish_reason=FinishReason.CANCELLED))
