@@ -12,17 +12,15 @@ log = logging.getLogger("dynamo.frontend")
 
 
 async def serve(config: FrontendConfig) -> None:
-    import uvicorn
-
     from dynamo.llm.worker_client import create_serving_backend  # the gRPC side; heavy imports
 
     from .app import create_app
-    from .server import uvicorn_config
+    from .server import GracefulServer, uvicorn_config
 
     backend = await create_serving_backend(config)
     try:
         app = create_app(backend, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
-        server = uvicorn.Server(uvicorn_config(app, config.http_host, config.http_port,
+        server = GracefulServer(uvicorn_config(app, config.http_host, config.http_port,
                                                config.log_level))
         log.info("frontend listening on http://%s:%d, serving namespace %r (discovery: %s, "
                  "router: %s, migration limit %d%s)", config.http_host, config.http_port,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -144,12 +147,25 @@ class FrontendApp:
         return json_response(_model_entry(card))
 
     async def health(self, request: Request) -> Response:
-        models = [c.served_model_name for c in self.backend.models()]
-        if models:
-            return json_response({"status": "healthy", "models": models})
-        return json_response({"status": "unhealthy", "models": [],
-                              "message": "no model is served: no live worker is registered"},
+        cards = self.backend.models()
+        models = [c.served_model_name for c in cards]
+        ready = [c.served_model_name for c in cards if self.tokenizers.is_loaded(c)]
+        if ready:
+            return json_response({"status": "healthy", "models": models, "ready": ready})
+        message = ("no model is served: no live worker is registered" if not models
+                   else "loading the tokenizer of " + ", ".join(models))
+        return json_response({"status": "unhealthy", "models": models, "ready": [], "message": message},
                              status=503)
+
+    async def preload_tokenizers(self, interval: float = 0.5) -> None:
+        """Load each model's tokenizer as soon as its first worker appears, not on its first request
+        (loading transformers takes seconds)."""
+        while True:
+            for card in self.backend.models():
+                if not self.tokenizers.is_loaded(card) and not self.tokenizers.is_loading(card):
+                    task = asyncio.ensure_future(self.tokenizers.get(card))
+                    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged by the cache
+            await asyncio.sleep(interval)
 
     async def live(self, request: Request) -> Response:
         return json_response({"status": "live"})
@@ -198,7 +214,15 @@ def create_app(backend: ServingBackend, *, api_key: str | None = None,
         Route("/live", state.live, methods=["GET"]),
         Route("/metrics", state.metrics_endpoint, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error,
-                                                       Exception: _server_error})
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        preload = asyncio.create_task(state.preload_tokenizers(), name="tokenizer preload")
+        try:
+            yield
+        finally:
+            preload.cancel()
+
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.frontend = state
     return app

@@ -99,7 +99,7 @@ class ThreadedServer:
 
     def __init__(self, app: object) -> None:
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                lifespan="off", access_log=False)
+                                lifespan="on", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
         self.port = 0

@@ -84,6 +84,12 @@ class TokenizerCache:
         self._loaded: dict[tuple[str, str | None], ModelTokenizer] = {}
         self._loading: dict[tuple[str, str | None], asyncio.Future[ModelTokenizer]] = {}
 
+    def is_loaded(self, card: ModelCard) -> bool:
+        return (card.tokenizer, card.chat_template) in self._loaded
+
+    def is_loading(self, card: ModelCard) -> bool:
+        return (card.tokenizer, card.chat_template) in self._loading
+
     async def get(self, card: ModelCard) -> ModelTokenizer:
         key = (card.tokenizer, card.chat_template)
         tokenizer = self._loaded.get(key)

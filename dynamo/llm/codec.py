@@ -165,8 +165,8 @@ def kv_event_from_pb(m: pb.KvEvent) -> KvEvent:
                    token_ids=list(m.token_ids), block_size=m.block_size, event_id=m.event_id)
 
 
-def stats_to_pb(s: EngineStats, instance_id: str, inflight: int) -> pb.WorkerStats:
+def stats_to_pb(s: EngineStats, instance_id: str, inflight: int, unfinished: int) -> pb.WorkerStats:
     return pb.WorkerStats(instance_id=instance_id, running_requests=s.running_requests,
                           waiting_requests=s.waiting_requests, kv_usage=s.kv_usage,
                           kv_total_blocks=s.kv_total_blocks, kv_active_blocks=s.kv_active_blocks,
-                          inflight_requests=inflight)
+                          inflight_requests=inflight, unfinished_requests=unfinished)

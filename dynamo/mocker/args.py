@@ -112,7 +112,8 @@ def read_model_facts(model_dir: str | os.PathLike[str]) -> ModelFacts:
     except json.JSONDecodeError as e:
         raise ValueError(f"--model {model_dir}: config.json is not valid JSON ({e})") from None
     # multimodal configs keep the language model's settings in text_config
-    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+    text_config = cfg.get("text_config")
+    text: dict[str, Any] = text_config if isinstance(text_config, dict) else {}
     vocab = cfg.get("vocab_size", text.get("vocab_size"))
     if not isinstance(vocab, int) or vocab < 1:
         raise ValueError(f"{path}: vocab_size is missing or not a positive integer ({vocab!r})")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from dynamo.llm.protocol import DisaggregatedParams, InvalidRequest
-
 from dynamo.mocker.tokens import hash_tokens
 
 PAYLOAD_VERSION = 1
@@ -62,11 +61,8 @@ def validate_params(params: DisaggregatedParams, *, prompt: list[int], expected_
                              f"that was prefilled")
     if p["block_hashes"] != expected_block_hashes:
         raise InvalidRequest("disaggregated_params.payload.block_hashes do not match this prompt's KV blocks")
-    first = params.first_token_ids
-    if not first:
-        raise InvalidRequest("disaggregated_params.first_token_ids is empty: the prefill worker's first "
-                             "token must be passed to the decode worker")
-    bad = [t for t in first if not 0 <= t < vocab_size]
+    # first_token_ids are informational (the decode stream starts with its own first token)
+    bad = [t for t in params.first_token_ids if not 0 <= t < vocab_size]
     if bad:
         raise InvalidRequest(f"disaggregated_params.first_token_ids {bad} are outside the vocabulary "
                              f"(0..{vocab_size - 1})")

@@ -8,19 +8,21 @@ What it simulates:
 - step durations from a simple cost model divided by `speedup_ratio` (timing.py);
 - deterministic output tokens (tokens.py).
 
-Disaggregated prefill/decode (the handoff is defined in disagg.py):
+Disaggregated prefill/decode (the handoff is defined in disagg.py; the convention is the project's,
+see dynamo/llm/disagg.py):
 - role "prefill": the request runs its prefill and produces exactly one token (max_tokens is
   treated as 1). The last output carries that token, `usage`, and
   `DisaggregatedParams(engine="mocker", payload={...}, first_token_ids=[t0])`.
-- role "decode" (or "agg") with `disaggregated_params`: the request must carry the *original* prompt and
-  the *original* stop conditions (max_tokens counts the whole completion, including t0). After the
-  simulated transfer (prompt tokens x kv_bytes_per_token / kv_transfer_bandwidth / speedup_ratio) the
-  prompt's KV is present (usage.cached_tokens = prompt length) and generation continues after t0.
-  The decode stream carries only the tokens *after* first_token_ids, so
-      first_token_ids + decode stream == the aggregated output of the same request
-  (tokens depend only on seed, prompt and position). usage.completion_tokens counts the whole
-  completion (first_token_ids included). If t0 already ended the request (max_tokens == 1, or t0 is
-  a stop/EOS token) the decode stream is a single final output with no tokens.
+- role "decode" (or "agg") with `disaggregated_params`: the request carries the original prompt and
+  the original stop conditions. After the simulated transfer (prompt tokens x kv_bytes_per_token /
+  kv_transfer_bandwidth / speedup_ratio) the prompt's KV is present except its last position, which
+  is recomputed (as vLLM does) to sample the first token. The decode stream is the WHOLE
+  completion, its first token included, so
+      decode stream == the aggregated output of the same request, and its first token == t0
+  (tokens depend only on mocker seed, prompt, sampling seed and position; t0 differs only when the
+  prefill request dropped min_tokens and t0 is a stop/EOS id, in which case the decode stream
+  still equals the aggregated one). `first_token_ids` is informational: do not prepend it.
+  usage.cached_tokens = the prompt length (its KV came from the prefill worker).
 - role "decode" without params: the request is prefilled locally, as in "agg".
 """
 
@@ -32,21 +34,28 @@ from collections.abc import AsyncIterator
 
 from dynamo.llm.engine import EngineError, LLMEngine
 from dynamo.llm.protocol import (
-    EngineInfo, EngineStats, FinishReason, GenerateOutput, GenerateRequest, InvalidRequest, KvEvent, Usage,
+    EngineInfo,
+    EngineStats,
+    FinishReason,
+    GenerateOutput,
+    GenerateRequest,
+    InvalidRequest,
+    KvEvent,
+    Usage,
 )
-
 from dynamo.mocker import disagg
 from dynamo.mocker.args import MockerConfig
 from dynamo.mocker.events import KvEventBuffer
 from dynamo.mocker.kv_cache import KvCache
 from dynamo.mocker.scheduler import Scheduler
-from dynamo.mocker.sequence import Sequence, SeqState, block_hashes
+from dynamo.mocker.sequence import SeqState, Sequence
 from dynamo.mocker.timing import SimClock, step_seconds, transfer_seconds
 from dynamo.mocker.tokens import TokenSampler, request_seed
 
 log = logging.getLogger(__name__)
 
 ROLES = ("agg", "prefill", "decode")
+_NOTHING: frozenset[int] = frozenset()
 
 
 class MockerEngine(LLMEngine):
@@ -113,17 +122,16 @@ class MockerEngine(LLMEngine):
         sink = seq.sink
         self._requests[seq.request_id] = seq
         try:
-            if not self._finished_by_first_tokens(seq):
-                if transfer_s > 0:
-                    seq.state = SeqState.TRANSFERRING
-                    self._num_transferring += 1
-                    try:
-                        await asyncio.sleep(transfer_s)
-                    finally:
-                        self._num_transferring -= 1
-                if seq.state is not SeqState.FINISHED:  # not aborted during the transfer
-                    self._scheduler.add(seq)
-                    self._wakeup.set()
+            if transfer_s > 0:
+                seq.state = SeqState.TRANSFERRING
+                self._num_transferring += 1
+                try:
+                    await asyncio.sleep(transfer_s)
+                finally:
+                    self._num_transferring -= 1
+            if seq.state is not SeqState.FINISHED:  # not aborted during the transfer
+                self._scheduler.add(seq)
+                self._wakeup.set()
             while True:
                 await sink.event.wait()
                 sink.event.clear()
@@ -174,24 +182,10 @@ class MockerEngine(LLMEngine):
         disagg.validate_params(params, prompt=prompt, expected_block_hashes=seq.prompt_block_hashes(),
                                block_size=self.config.block_size, mocker_seed=self.config.mocker_seed,
                                vocab_size=self.config.vocab_size)
-        if len(prompt) + len(params.first_token_ids) > self.context_length:
-            raise InvalidRequest(f"prompt ({len(prompt)} tokens) + first_token_ids ({len(params.first_token_ids)}) "
-                                 f"exceed this model's context of {self.context_length} tokens")
-        seq.tokens = prompt + list(params.first_token_ids)
-        seq.remote_kv_tokens = len(prompt)
+        seq.remote_kv_tokens = len(prompt) - 1  # the last position is recomputed to sample the first token
         seq.cached_tokens = len(prompt)
         return seq, transfer_seconds(len(prompt), self.config.kv_bytes_per_token,
                                      self.config.kv_transfer_bandwidth, self.config.speedup_ratio)
-
-    def _finished_by_first_tokens(self, seq: Sequence) -> bool:
-        """A decode request whose prefill tokens already ended it finishes without running."""
-        if seq.num_output == 0:
-            return False
-        reason = self._finish_reason(seq, seq.tokens[-1])
-        if reason is not None:
-            self._finish(seq, reason)
-            return True
-        return False
 
     # --- the engine loop --------------------------------------------------------------------
     async def _run(self) -> None:
@@ -222,9 +216,9 @@ class MockerEngine(LLMEngine):
                 self._finish(seq, FinishReason.ERROR, error=f"mocker engine failed: {e!r}")
 
     def _emit_token(self, seq: Sequence) -> None:
-        position = seq.num_output
+        position = len(seq.tokens) - seq.prompt_len
         early = position < seq.min_tokens
-        token = self._sampler.sample(seq.seed, position, ban=seq.stop_token_ids if early else frozenset(),
+        token = self._sampler.sample(seq.seed, position, ban=seq.stop_token_ids if early else _NOTHING,
                                      allow_eos=not (early or seq.ignore_eos))
         seq.tokens.append(token)
         self._generated_tokens += 1
@@ -240,12 +234,13 @@ class MockerEngine(LLMEngine):
             sink.event.set()
 
     def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
-        if seq.num_output >= seq.min_tokens:
+        num_output = len(seq.tokens) - seq.prompt_len
+        if num_output >= seq.min_tokens:
             if token in self._eos and not seq.ignore_eos:
                 return FinishReason.EOS
             if token in seq.stop_token_ids:
                 return FinishReason.STOP
-        if seq.num_output >= seq.max_tokens or len(seq.tokens) >= self.context_length:
+        if num_output >= seq.max_tokens or len(seq.tokens) >= self.context_length:
             return FinishReason.LENGTH
         return None
 
@@ -298,5 +293,3 @@ class MockerEngine(LLMEngine):
                 "finished_requests": self._finished_requests, "kv_events_published": self._events.published,
                 "kv_events_dropped": self._events.dropped, "kv_cached_blocks": self._cache.num_cached}
 
-
-__all__ = ["MockerEngine", "block_hashes"]

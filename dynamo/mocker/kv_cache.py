@@ -12,7 +12,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from dynamo.llm.protocol import KvEvent, KvEventKind
-
 from dynamo.mocker.sequence import Sequence
 
 

@@ -28,7 +28,7 @@ class StepPlan:
 
     def add(self, seq: Sequence, n: int) -> None:
         self.items.append((seq, n))
-        if n == 1 and seq.num_output > 0:
+        if n == 1 and len(seq.tokens) > seq.prompt_len:
             self.decode_seqs += 1
             self.decode_context_tokens += seq.num_computed + 1
         else:
@@ -83,21 +83,24 @@ class Scheduler:
         plan = StepPlan()
         budget = self.max_num_batched_tokens
         preempted = False
+        bs = self.cache.block_size
+        running = self.running
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
+        while i < len(running) and budget > 0:
+            seq = running[i]
             n = min(len(seq.tokens) - seq.num_computed, budget)
-            need = self.cache.blocks_for(seq.num_computed + n) - len(seq.blocks)
-            while need > self.cache.num_free and seq.state is SeqState.RUNNING:
-                victim = self.running[-1]
-                if victim is seq and len(self.running) == 1:
-                    raise RuntimeError(f"request {seq.request_id} alone needs more KV blocks than the cache "
-                                       f"has ({self.cache.num_blocks}); the context length check failed")
-                self._preempt(victim)
-                preempted = True
-            if seq.state is not SeqState.RUNNING:
-                break  # it preempted itself: it was the newest
-            self.cache.allocate(seq, need)
+            need = (seq.num_computed + n + bs - 1) // bs - len(seq.blocks)
+            if need > 0:  # (hot loop: most decode steps need no new block)
+                while need > self.cache.num_free and seq.state is SeqState.RUNNING:
+                    victim = running[-1]
+                    if victim is seq and len(running) == 1:
+                        raise RuntimeError(f"request {seq.request_id} alone needs more KV blocks than the "
+                                           f"cache has ({self.cache.num_blocks}); the context length check failed")
+                    self._preempt(victim)
+                    preempted = True
+                if seq.state is not SeqState.RUNNING:
+                    break  # it preempted itself: it was the newest
+                self.cache.allocate(seq, need)
             plan.add(seq, n)
             budget -= n
             i += 1
@@ -132,11 +135,14 @@ class Scheduler:
         """Record that the step ran; return the sequences whose every token is now computed (each
         gets one new token). Sequences aborted while the step ran are skipped."""
         ready: list[Sequence] = []
+        block_size = self.cache.block_size
+        running = SeqState.RUNNING
         for seq, n in plan.items:
-            if seq.state is not SeqState.RUNNING:
+            if seq.state is not running:
                 continue
             seq.num_computed += n
-            self.cache.commit(seq)
+            if seq.num_computed // block_size > seq.num_committed_blocks:  # a block filled up
+                self.cache.commit(seq)
             if seq.num_computed == len(seq.tokens):
                 ready.append(seq)
         return ready

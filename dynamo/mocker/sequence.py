@@ -7,11 +7,11 @@ import enum
 from dataclasses import dataclass, field
 
 from dynamo.llm.protocol import DisaggregatedParams, FinishReason, TokenLogprob
-
 from dynamo.mocker.tokens import hash_tokens
 
 
 class SeqState(enum.Enum):
+    NEW = "new"  # created, not yet handed to the scheduler
     TRANSFERRING = "transferring"  # decode side: waiting for the simulated KV transfer
     WAITING = "waiting"
     RUNNING = "running"
@@ -60,11 +60,11 @@ class Sequence:
     logprobs: int | None
     block_size: int
     sink: OutputSink = field(default_factory=OutputSink)
-    state: SeqState = SeqState.WAITING
+    state: SeqState = SeqState.NEW
     num_computed: int = 0  # tokens whose KV is in this sequence's blocks
     blocks: list[int] = field(default_factory=list)  # KV block ids, in token order
     num_committed_blocks: int = 0  # leading full blocks already offered to the prefix cache
-    remote_kv_tokens: int = 0  # prompt tokens whose KV arrives from a prefill worker on admission
+    remote_kv_tokens: int = 0  # leading tokens whose KV arrives from a prefill worker on admission
     cached_tokens: int | None = None  # prompt tokens found in the cache at first admission
     num_preemptions: int = 0
     _hashes: list[int] = field(default_factory=list)

@@ -20,7 +20,7 @@ import os
 from collections.abc import AsyncIterator
 
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.inputs import TokensPrompt
+from vllm.inputs import tokens_input
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from dynamo.llm.engine import EngineError, LLMEngine
@@ -33,6 +33,7 @@ from dynamo.llm.protocol import (
     GenerateRequest,
     InvalidRequest,
     KvEvent,
+    KvEventKind,
     Usage,
 )
 from dynamo.vllm.args import check_role, prepare_engine_args
@@ -98,6 +99,11 @@ class VllmEngine(LLMEngine):
             except OSError:
                 pass
 
+    @property
+    def async_llm(self) -> AsyncLLM:
+        """The running vLLM AsyncLLM (for tests and tools that compare against vLLM directly)."""
+        return self._require_llm()
+
     def _require_llm(self) -> AsyncLLM:
         if self._llm is None:
             raise EngineError("the vLLM engine is not running (start() not called, or shut down)")
@@ -133,8 +139,8 @@ class VllmEngine(LLMEngine):
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
         llm = self._require_llm()
         params = sampling_params_for(request, self.role)  # InvalidRequest before anything runs
-        stream = llm.generate(TokensPrompt(prompt_token_ids=list(request.token_ids)), params,
-                              request.request_id)
+        # Already tokenized: hand vLLM an engine input, which skips its renderer (text, chat).
+        stream = llm.generate(tokens_input(list(request.token_ids)), params, request.request_id)
         stop_ids = set(request.stop.stop_token_ids)
         num_top = request.output.logprobs or 0
         completion: list[int] = []
@@ -199,7 +205,13 @@ class VllmEngine(LLMEngine):
 
     async def clear_kv_blocks(self) -> None:
         if not await self._require_llm().reset_prefix_cache():
-            log.warning("vLLM kept some prefix-cache blocks: they are in use by running requests")
+            log.warning("vLLM kept its prefix cache: running requests still use some blocks")
+            return
+        # vLLM queues its "all blocks cleared" event until its next scheduler step, which on an
+        # idle engine is the next request; tell the router now (vLLM's own event follows later,
+        # and clearing twice is harmless).
+        if self._kv_subscriber is not None:
+            self._kv_subscriber.inject(KvEvent(kind=KvEventKind.CLEARED))
 
     async def check_health(self) -> None:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -21,7 +22,7 @@ from dynamo.llm.protocol import KvEvent, KvEventKind
 log = logging.getLogger(__name__)
 
 _U64 = (1 << 64) - 1
-_POLL_MS = 200  # how often a waiting subscriber checks whether it was closed
+_POLL_MS = 100  # how often a waiting subscriber checks for close() and injected events
 
 
 def block_hash_to_u64(block_hash: bytes | int) -> int:
@@ -79,6 +80,12 @@ class KvEventSubscriber:
         self._decoder = msgspec.msgpack.Decoder(type=KVEventBatch)
         self._closed = False
         self._last_seq: dict[int, int] = {}  # per data-parallel rank: sequence numbers are per publisher
+        self._injected: deque[KvEvent] = deque()
+
+    def inject(self, event: KvEvent) -> None:
+        """Yield `event` from `events()` soon, ahead of later engine events (see VllmEngine's
+        clear_kv_blocks: vLLM publishes its own "cleared" only at its next scheduler step)."""
+        self._injected.append(event)
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait until every connection is up, so the first events are not lost (PUB drops events
@@ -102,6 +109,8 @@ class KvEventSubscriber:
 
     async def events(self) -> AsyncIterator[KvEvent]:
         while not self._closed:
+            while self._injected:
+                yield self._injected.popleft()
             try:
                 if not await self._sock.poll(_POLL_MS, zmq.POLLIN):
                     continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from dynamo.llm.protocol import FinishReason, GenerateRequest, StopConditions
-from dynamo.mocker.args import MockerConfig
+from dynamo.mocker.args import MockerConfig, TimingModel
 from dynamo.mocker.engine import MockerEngine
 
 
@@ -59,7 +59,8 @@ async def test_cache_pressure_preempts_and_every_request_completes() -> None:
 
 
 async def test_max_num_seqs_bounds_the_batch() -> None:
-    engine = MockerEngine(config(max_num_seqs=2))
+    # real-time steps (0.5 ms each) so that the watcher sees the engine between steps
+    engine = MockerEngine(config(max_num_seqs=2, speedup_ratio=1.0, timing=TimingModel(0.5, 0.0, 0.0, 0.0, 0.0)))
     await engine.start()
     seen_running: list[int] = []
     seen_waiting: list[int] = []
@@ -73,8 +74,8 @@ async def test_max_num_seqs_bounds_the_batch() -> None:
 
     watcher = asyncio.create_task(watch())
     try:
-        results = await run_all(engine, prompts(6, 20), 50)
-        assert all(len(t) == 50 for t, _ in results)
+        results = await run_all(engine, prompts(6, 20), 10)
+        assert all(len(t) == 10 for t, _ in results)
         assert max(seen_running) == 2 and max(seen_waiting) >= 1
     finally:
         watcher.cancel()
@@ -94,7 +95,9 @@ async def test_long_prompt_prefills_in_chunks() -> None:
 
 
 async def test_decode_continues_while_a_long_prompt_prefills() -> None:
-    engine = MockerEngine(config(max_num_batched_tokens=32))
+    # real-time steps (0.5 ms each) so that the long request arrives while the short one decodes
+    engine = MockerEngine(config(max_num_batched_tokens=32, speedup_ratio=1.0,
+                                 timing=TimingModel(0.5, 0.0, 0.0, 0.0, 0.0)))
     await engine.start()
     try:
         short = asyncio.create_task(run(engine, "short", [5] * 10, 40))

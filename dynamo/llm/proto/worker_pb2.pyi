@@ -209,7 +209,7 @@ class KvEventBatch(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[KvEvent, _Mapping]]] = ...) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("instance_id", "running_requests", "waiting_requests", "kv_usage", "kv_total_blocks", "kv_active_blocks", "inflight_requests")
+    __slots__ = ("instance_id", "running_requests", "waiting_requests", "kv_usage", "kv_total_blocks", "kv_active_blocks", "inflight_requests", "unfinished_requests")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     WAITING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +217,7 @@ class WorkerStats(_message.Message):
     KV_TOTAL_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     KV_ACTIVE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     INFLIGHT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     running_requests: int
     waiting_requests: int
@@ -224,4 +225,5 @@ class WorkerStats(_message.Message):
     kv_total_blocks: int
     kv_active_blocks: int
     inflight_requests: int
-    def __init__(self, instance_id: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_total_blocks: _Optional[int] = ..., kv_active_blocks: _Optional[int] = ..., inflight_requests: _Optional[int] = ...) -> None: ...
+    unfinished_requests: int
+    def __init__(self, instance_id: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_total_blocks: _Optional[int] = ..., kv_active_blocks: _Optional[int] = ..., inflight_requests: _Optional[int] = ..., unfinished_requests: _Optional[int] = ...) -> None: ...

@@ -136,7 +136,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def SubscribeStats(self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext) -> None:
         interval = (request.interval_ms or 1000) / 1000
         while True:
-            stats = self._engine.stats() if self._engine is not None else None
-            if stats is not None:
-                await context.write(codec.stats_to_pb(stats, self.instance_id, self._server.active_calls))
+            if self._engine is not None:
+                await context.write(codec.stats_to_pb(self._engine.stats(), self.instance_id,
+                                                      self._server.active_calls,
+                                                      self._engine.num_unfinished_requests()))
             await asyncio.sleep(interval)

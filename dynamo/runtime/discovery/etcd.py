@@ -70,7 +70,10 @@ def _grpc_target(endpoints: list[tuple[str, int]]) -> str:
             ipaddress.IPv4Address(host)
             addrs.append(f"{host}:{port}")
         except ValueError:
-            info = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                info = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as exc:
+                raise DiscoveryError(f"cannot resolve etcd endpoint {host}:{port} ({exc}); check ETCD_ENDPOINTS") from exc
             addrs.append(f"{info[0][4][0]}:{port}")
     return "ipv4:" + ",".join(addrs)
 
@@ -304,8 +307,9 @@ class EtcdDiscovery(Discovery):
     async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
         self._check_open()
         try:
-            async for event in self._watch_loop(prefix):
-                yield event
+            async with contextlib.aclosing(self._watch_loop(prefix)) as events:
+                async for event in events:
+                    yield event
         except (asyncio.CancelledError, Exception):
             # close() closes the channel under us, which cancels our calls: that ends the watch
             # quietly. A cancel aimed at our consumer's task is passed on.

@@ -32,6 +32,7 @@ _SUFFIX = ".rec"
 _TMP_PREFIX = ".tmp-"
 _MAX_NAME = 240  # most filesystems allow 255 bytes per name; keep room for the suffix
 _FORMAT = 1
+_STALE_TEMP_S = 60.0
 
 
 def key_to_name(key: str) -> str:
@@ -110,6 +111,9 @@ class _Scanner:
         except FileNotFoundError:
             return live
         for entry in entries:
+            if entry.name.startswith(_TMP_PREFIX):
+                self._remove_old_temp(entry, now)
+                continue
             try:
                 key = name_to_key(entry.name)
             except UnicodeDecodeError:
@@ -157,6 +161,13 @@ class _Scanner:
             rec = None
         self._cache[version] = rec
         return rec
+
+    @staticmethod
+    def _remove_old_temp(entry: os.DirEntry[str], now: float) -> None:
+        # Left by a writer that died between write and rename; a live write takes milliseconds.
+        with contextlib.suppress(FileNotFoundError):
+            if now - entry.stat().st_mtime > _STALE_TEMP_S:
+                os.unlink(entry.path)
 
     def _remove_dead(self, path: str, rec: _Record) -> None:
         # Check again right before unlinking: the owner may have just touched it.

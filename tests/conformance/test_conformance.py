@@ -1,0 +1,360 @@
+"""The backend conformance suite: every `python -m dynamo.<backend>` must pass it.
+
+Each backend runs as real worker processes (registration in a file-discovery directory, the common
+gRPC interface); the checks are the same for all backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dynamo.llm.proto import worker_pb2 as pb
+from dynamo.llm.protocol import (DisaggregatedParams, FinishReason, GenerateOutput, GenerateRequest,
+                                 OutputOptions, SamplingOptions, StopConditions)
+from tests.conformance.backends import BACKENDS, BackendSpec
+from tests.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _param(spec: BackendSpec) -> object:
+    marks = [pytest.mark.vllm] if spec.name == "vllm" else []
+    return pytest.param(spec, id=spec.name, marks=marks)
+
+
+def prompt(seed: int, n: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(3, 1024) for _ in range(n)]
+
+
+def tokens(outputs: list[GenerateOutput]) -> list[int]:
+    return [t for o in outputs for t in o.token_ids]
+
+
+def req(token_ids: list[int], max_tokens: int = 16, **kw: object) -> GenerateRequest:
+    stop = StopConditions(max_tokens=max_tokens, ignore_eos=bool(kw.pop("ignore_eos", True)),
+                          stop_token_ids=list(kw.pop("stop_token_ids", [])))  # type: ignore[arg-type]
+    return GenerateRequest(request_id=f"t-{time.monotonic_ns()}", token_ids=token_ids, stop=stop, **kw)  # type: ignore[arg-type]
+
+
+async def start_worker(spec: BackendSpec, model: Path, discovery: Path, role: str, *extra: str) -> WorkerProcess:
+    reason = spec.available()
+    if reason:
+        pytest.skip(reason)
+    role_args = [] if role == "agg" else ["--disaggregation-mode", role]
+    w = WorkerProcess(spec.name, [*spec.args(model), *role_args, *extra], discovery,
+                      env=spec.env.get(role, {}), name=f"{spec.name}-{role}")
+    try:
+        await w.wait_registered(spec.startup_timeout)
+    except BaseException:
+        await w.close()
+        raise
+    return w
+
+
+@pytest.fixture(scope="module", params=[_param(s) for s in BACKENDS])
+def spec(request: pytest.FixtureRequest) -> BackendSpec:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def discovery_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("discovery")
+
+
+@pytest.fixture(scope="module")
+async def agg(spec: BackendSpec, tiny_model_dir: Path, discovery_dir: Path) -> AsyncIterator[WorkerProcess]:
+    w = await start_worker(spec, tiny_model_dir, discovery_dir, "agg", "--drain-timeout", "60")
+    yield w
+    await w.close()
+
+
+# --- registration and health -------------------------------------------------------------------
+
+async def test_registers_with_model_card(agg: WorkerProcess, spec: BackendSpec, tiny_model_dir: Path) -> None:
+    rec = agg.record
+    assert rec is not None and rec.namespace == "test" and rec.component == "backend" and rec.endpoint == "generate"
+    card = agg.card
+    assert card["engine"] == spec.name and card["role"] == "agg"
+    assert card["served_model_name"] and card["tokenizer"] == str(tiny_model_dir)
+    assert card["context_length"] > 0 and card["kv_block_size"] > 0 and card["total_kv_blocks"] > 0
+    assert card["vocab_size"] == 1024
+    info = await agg.stub().ModelInfo(pb.ModelInfoRequest(), timeout=10)
+    assert info.instance_id == rec.instance_id and '"served_model_name"' in info.model_card_json
+
+
+async def test_health_and_metrics(agg: WorkerProcess) -> None:
+    async with grpc.aio.insecure_channel(agg.record.target) as ch:  # type: ignore[union-attr]
+        resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    status, body = agg.http_get("/health")
+    assert status == 200 and '"healthy"' in body
+    assert agg.http_get("/live")[0] == 200
+    _, metrics = agg.http_get("/metrics")
+    assert "dynamo_worker_requests_total" in metrics and "dynamo_worker_kv_cache_blocks" in metrics
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+async def test_streams_exactly_max_tokens(agg: WorkerProcess) -> None:
+    before = agg.metric("dynamo_worker_output_tokens_total")
+    p = prompt(1, 40)
+    outs = await agg.generate(req(p, max_tokens=24))
+    assert len(tokens(outs)) == 24
+    assert all(0 <= t < 1024 for t in tokens(outs))
+    assert outs[-1].finish_reason is FinishReason.LENGTH
+    assert all(o.finish_reason is None for o in outs[:-1])
+    usage = outs[-1].usage
+    assert usage is not None and usage.prompt_tokens == 40 and usage.completion_tokens == 24
+    assert agg.metric("dynamo_worker_output_tokens_total") - before == 24
+
+
+async def test_stop_token_ids(agg: WorkerProcess) -> None:
+    p = prompt(2, 30)
+    ref = tokens(await agg.generate(req(p, max_tokens=20)))
+    stop_at = next(i for i in range(3, 20) if ref[i] not in ref[:i])  # first occurrence of that token
+    outs = await agg.generate(req(p, max_tokens=20, stop_token_ids=[ref[stop_at]]))
+    assert tokens(outs) == ref[:stop_at + 1], "output must end with the stop token, at its first occurrence"
+    assert outs[-1].finish_reason is FinishReason.STOP
+
+
+async def test_eos_ends_generation_unless_ignored(agg: WorkerProcess) -> None:
+    eos = set(agg.card["eos_token_ids"])
+    assert eos, "the model card must list the EOS token ids"
+    for seed in range(40):
+        p = prompt(100 + seed, 16)
+        ref = tokens(await agg.generate(req(p, max_tokens=64, ignore_eos=True)))
+        hit = next((i for i, t in enumerate(ref) if t in eos), None)
+        if hit is not None:
+            break
+    else:
+        pytest.fail("no prompt produced an EOS token within 64 tokens; the test model should")
+    assert len(ref) == 64, "ignore_eos must generate past EOS"
+    outs = await agg.generate(req(p, max_tokens=64, ignore_eos=False))
+    assert tokens(outs) == ref[:hit + 1]
+    assert outs[-1].finish_reason is FinishReason.EOS
+
+
+async def test_seeded_sampling_is_reproducible(agg: WorkerProcess) -> None:
+    p = prompt(3, 20)
+    sampling = SamplingOptions(temperature=1.0, top_p=0.95, top_k=50, seed=1234)
+    a = tokens(await agg.generate(req(p, max_tokens=24, sampling=sampling)))
+    b = tokens(await agg.generate(req(p, max_tokens=24, sampling=sampling)))
+    other = SamplingOptions(temperature=1.0, top_p=0.95, top_k=50, seed=99)
+    c = tokens(await agg.generate(req(p, max_tokens=24, sampling=other)))
+    assert a == b
+    assert a != c
+
+
+async def test_logprobs(agg: WorkerProcess) -> None:
+    outs = await agg.generate(req(prompt(4, 10), max_tokens=5, output=OutputOptions(logprobs=3)))
+    lps = [lp for o in outs for lp in (o.logprobs or [])]
+    assert [lp.token_id for lp in lps] == tokens(outs)
+    assert all(lp.logprob <= 0 for lp in lps)
+    assert all(len(lp.top) == 3 for lp in lps)
+
+
+async def test_concurrent_requests_all_complete(agg: WorkerProcess) -> None:
+    results = await asyncio.gather(*(agg.generate(req(prompt(10 + i, 20 + i), max_tokens=16)) for i in range(8)))
+    assert [len(tokens(r)) for r in results] == [16] * 8
+
+
+async def test_prefix_cache_and_kv_events(agg: WorkerProcess) -> None:
+    block = agg.card["kv_block_size"]
+    p = prompt(5, block * 4 + 3)
+    call = agg.stub().SubscribeKvEvents(pb.SubscribeRequest(), timeout=60)
+    stored: list[int] = []
+
+    async def collect() -> None:
+        async for batch in call:
+            for e in batch.events:
+                if e.kind == pb.KV_EVENT_KIND_STORED:
+                    stored.extend(e.block_hashes)
+
+    collector = asyncio.create_task(collect())
+    try:
+        await asyncio.sleep(0.2)  # let the subscription reach the worker before the events happen
+        await agg.generate(req(p, max_tokens=4))
+        second = await agg.generate(req(p, max_tokens=4))
+        usage = second[-1].usage
+        assert usage is not None and usage.cached_tokens >= block * 4 - block  # all but maybe the last full block
+        deadline = time.monotonic() + 10
+        while len(stored) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(stored) >= 4, f"expected STORED events for the prompt's 4 full blocks, got {stored}"
+    finally:
+        call.cancel()
+        collector.cancel()
+
+
+async def test_clear_kv_blocks(agg: WorkerProcess) -> None:
+    block = agg.card["kv_block_size"]
+    p = prompt(6, block * 3 + 1)
+    await agg.generate(req(p, max_tokens=2))
+    await agg.stub().ClearKvBlocks(pb.ClearKvBlocksRequest(), timeout=30)
+    again = await agg.generate(req(p, max_tokens=2))
+    assert again[-1].usage is not None and again[-1].usage.cached_tokens == 0
+
+
+# --- cancellation and bad input ---------------------------------------------------------------------
+
+async def test_cancel_mid_stream_aborts_engine_request(agg: WorkerProcess) -> None:
+    before = agg.metric("dynamo_worker_request_cancellations_total")
+    it = agg.stream(req(prompt(7, 20), max_tokens=900))
+    got = 0
+    async for out in it:
+        got += len(out.token_ids)
+        if got >= 2:
+            break
+    await it.aclose()  # cancels the gRPC call
+    assert await agg.wait_unfinished(0, timeout=10) == 0, "the engine still holds the cancelled request"
+    deadline = time.monotonic() + 5
+    while agg.metric("dynamo_worker_request_cancellations_total") == before and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert agg.metric("dynamo_worker_request_cancellations_total") == before + 1
+
+
+BAD_REQUESTS = [
+    ("empty prompt", lambda r: setattr(r, "token_ids", []), "prompt is empty"),
+    ("token outside vocabulary", lambda r: setattr(r, "token_ids", [5, 1024]), "outside the vocabulary"),
+    ("over context", lambda r: setattr(r.stop, "max_tokens", 5000), "context"),
+    ("negative temperature", lambda r: setattr(r.sampling, "temperature", -0.5), "temperature"),
+    ("NaN top_p", lambda r: setattr(r.sampling, "top_p", float("nan")), "top_p"),
+    ("negative penalty", lambda r: setattr(r.sampling, "repetition_penalty", -1.0), "repetition_penalty"),
+    ("unknown model", lambda r: setattr(r, "model", "no-such-model"), "unknown model"),
+    ("foreign disagg params", lambda r: setattr(r, "disaggregated_params", DisaggregatedParams("other", {})), "other"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+async def test_bad_input_is_invalid_argument(agg: WorkerProcess, case: tuple) -> None:  # type: ignore[type-arg]
+    _, mutate, message = case
+    bad = req(prompt(8, 10), max_tokens=4)
+    mutate(bad)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await agg.generate(bad, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (err.value.details() or "")
+    good = await agg.generate(req(prompt(8, 10), max_tokens=4))
+    assert len(tokens(good)) == 4
+
+
+# --- greedy equality with the engine's reference (real weights only) ----------------------------------
+
+def hf_greedy(model_dir: Path, prompts: list[list[int]], n: int) -> list[list[int]]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([p])
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                 do_sample=False, pad_token_id=0)
+            out.append(gen[0, len(p):].tolist())
+    return out
+
+
+@pytest.mark.real_weights
+async def test_greedy_equals_reference(agg: WorkerProcess, tiny_model_dir: Path) -> None:
+    prompts = [prompt(20 + i, 12 + 7 * i) for i in range(4)]
+    got = [tokens(await agg.generate(req(p, max_tokens=32))) for p in prompts]
+    expected = await asyncio.to_thread(hf_greedy, tiny_model_dir, prompts, 32)
+    assert got == expected
+
+
+# --- disaggregated prefill/decode ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+async def disagg(spec: BackendSpec, tiny_model_dir: Path, discovery_dir: Path
+                 ) -> AsyncIterator[tuple[WorkerProcess, WorkerProcess]]:
+    prefill = await start_worker(spec, tiny_model_dir, discovery_dir, "prefill")
+    try:
+        decode = await start_worker(spec, tiny_model_dir, discovery_dir, "decode", "--prefill-timeout", "20")
+    except BaseException:
+        await prefill.close()
+        raise
+    yield prefill, decode
+    await decode.close()
+    await prefill.close()
+
+
+async def test_prefill_decode_equals_aggregated(agg: WorkerProcess, disagg: tuple[WorkerProcess, WorkerProcess],
+                                               spec: BackendSpec) -> None:
+    prefill, decode = disagg
+    assert prefill.card["role"] == "prefill" and prefill.record.component == "prefill"  # type: ignore[union-attr]
+    remote_before = decode.metric("dynamo_worker_prefills_total", location="remote")
+    lengths = [100, 220, 350, 480, 600]
+    for i, n in enumerate(lengths):
+        p = prompt(40 + i, n)
+        expected = tokens(await agg.generate(req(p, max_tokens=16)))
+        got = await decode.generate(req(p, max_tokens=16))
+        assert tokens(got) == expected, f"prompt of {n} tokens: disaggregated output differs"
+        assert got[-1].usage is not None and got[-1].usage.prompt_tokens == n
+    assert decode.metric("dynamo_worker_prefills_total", location="remote") - remote_before == len(lengths)
+    assert prefill.metric("dynamo_worker_requests_total", status="success") >= len(lengths)
+    if spec.name == "vllm":
+        deadline = time.monotonic() + 15
+        while "Num successful transfers" not in decode.log() and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        assert "Num successful transfers" in decode.log(), "vLLM logged no successful NIXL transfer"
+
+
+async def test_prefill_worker_gets_one_token_requests(disagg: tuple[WorkerProcess, WorkerProcess]) -> None:
+    prefill, _ = disagg
+    outs = await prefill.generate(req(prompt(60, 50), max_tokens=16))
+    assert len(tokens(outs)) == 1
+    params = outs[-1].disaggregated_params
+    assert params is not None and params.payload and params.prefill_instance_id == prefill.record.instance_id  # type: ignore[union-attr]
+
+
+async def test_garbage_disaggregated_params_rejected(disagg: tuple[WorkerProcess, WorkerProcess],
+                                                     spec: BackendSpec) -> None:
+    _, decode = disagg
+    bad = req(prompt(61, 40), max_tokens=4, disaggregated_params=DisaggregatedParams(spec.name, {"junk": True}))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await decode.generate(bad, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    ok = await decode.generate(req(prompt(61, 40), max_tokens=4))
+    assert len(tokens(ok)) == 4
+
+
+async def test_dead_prefill_worker_fails_decode_fast(disagg: tuple[WorkerProcess, WorkerProcess]) -> None:
+    """Runs last of the disaggregation tests: it kills the prefill worker."""
+    prefill, decode = disagg
+    prefill.signal(signal.SIGSTOP)  # the next prefill hangs ...
+    task = asyncio.create_task(decode.generate(req(prompt(62, 200), max_tokens=8), timeout=60))
+    await asyncio.sleep(1.0)
+    assert not task.done(), "the decode request should be waiting on the stopped prefill worker"
+    t0 = time.monotonic()
+    prefill.signal(signal.SIGKILL)  # ... until the prefill worker dies
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await asyncio.wait_for(task, 10)
+    assert time.monotonic() - t0 < 10
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "prefill" in (err.value.details() or "")
+    assert await decode.wait_unfinished(0, timeout=10) == 0, "decode side leaked a request"
+
+
+# --- lifecycle (last: stops the aggregated worker) ------------------------------------------------------
+
+async def test_sigterm_drains_then_deregisters(agg: WorkerProcess) -> None:
+    streams = [asyncio.create_task(agg.generate(req(prompt(70 + i, 20), max_tokens=64))) for i in range(4)]
+    deadline = time.monotonic() + 30
+    while (await agg.stats()).inflight_requests < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    agg.signal(signal.SIGTERM)
+    results = await asyncio.wait_for(asyncio.gather(*streams), 120)
+    assert [len(tokens(r)) for r in results] == [64] * 4
+    assert await asyncio.to_thread(agg.wait, 60) == 0
+    live = await agg.registered()
+    assert agg.record.instance_id not in [r.instance_id for r in live], "still registered after exit"  # type: ignore[union-attr]

@@ -1,0 +1,195 @@
+"""Frontend + mocker workers as real processes, driven by the official openai client."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import FrontendProcess, start_mocker
+from tests.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, tiny_model_dir: Path) -> AsyncIterator[tuple[FrontendProcess, list[WorkerProcess]]]:
+    workers = [await start_mocker(tmp_path, tiny_model_dir, "--speedup-ratio", "20", name=f"mocker{i}")
+               for i in range(2)]
+    fe = FrontendProcess(tmp_path)
+    try:
+        await fe.wait_models({tiny_model_dir.name})
+        yield fe, workers
+    finally:
+        fe.close()
+        for w in workers:
+            await w.close()
+
+
+def client(fe: FrontendProcess) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=fe.base_url, api_key="unused", max_retries=0, timeout=60)
+
+
+async def test_chat_and_completions(cluster, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    fe, _ = cluster
+    model = tiny_model_dir.name
+    c = client(fe)
+    chat = await c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello there"}],
+                                           max_tokens=12)
+    assert chat.choices[0].finish_reason == "length"
+    assert chat.usage is not None and chat.usage.completion_tokens == 12 and chat.usage.prompt_tokens > 3
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
+
+    stream = await c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                             max_tokens=20, stream=True, stream_options={"include_usage": True})
+    text, usage, finish = "", None, None
+    async for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert finish == "length" and usage is not None and usage.completion_tokens == 20 and text
+
+    comp = await c.completions.create(model=model, prompt="def main():", max_tokens=9)
+    assert comp.usage is not None and comp.usage.completion_tokens == 9 and comp.choices[0].text
+    pieces = [ch async for ch in await c.completions.create(model=model, prompt="x = 1", max_tokens=7, stream=True)]
+    assert pieces[-1].choices[0].finish_reason == "length"
+
+
+async def test_models_follow_workers(cluster, tmp_path: Path, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    fe, _ = cluster
+    extra = await start_mocker(tmp_path, tiny_model_dir, "--served-model-name", "other", name="other")
+    try:
+        await fe.wait_models({tiny_model_dir.name, "other"}, timeout=15)
+        out = await client(fe).completions.create(model="other", prompt="a", max_tokens=3)
+        assert out.model == "other" and out.usage.completion_tokens == 3  # type: ignore[union-attr]
+        extra.signal(signal.SIGTERM)
+        await fe.wait_models({tiny_model_dir.name}, timeout=15)
+        with pytest.raises(openai.NotFoundError):
+            await client(fe).completions.create(model="other", prompt="a", max_tokens=3)
+    finally:
+        await extra.close()
+
+
+async def test_round_robin_spreads_evenly(cluster, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    fe, workers = cluster
+    before = [w.metric("dynamo_worker_requests_total", status="success") for w in workers]
+    c = client(fe)
+    for i in range(10):
+        await c.completions.create(model=tiny_model_dir.name, prompt=f"request {i}", max_tokens=2)
+    after = [w.metric("dynamo_worker_requests_total", status="success") for w in workers]
+    assert [a - b for a, b in zip(after, before)] == [5, 5]
+
+
+async def test_bad_requests_get_openai_errors(cluster, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    fe, _ = cluster
+    model = tiny_model_dir.name
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{fe.port}", timeout=30) as h:
+        cases = [
+            ("/v1/chat/completions", b"{not json", 400),
+            ("/v1/chat/completions", {"model": model}, 400),
+            ("/v1/chat/completions", {"model": model, "messages": "hi"}, 400),
+            ("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "x"}],
+                                      "max_tokens": 10**9}, 400),
+            ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404),
+            ("/v1/completions", {"model": model, "prompt": "x", "temperature": -1}, 400),
+            ("/v1/completions", {"model": model, "prompt": [5, 99999]}, 400),
+            ("/v1/completions", {"model": model, "prompt": "x", "n": 3}, 400),
+        ]
+        for path, body, status in cases:
+            r = await (h.post(path, content=body) if isinstance(body, bytes) else h.post(path, json=body))
+            assert r.status_code == status, (path, body, r.text)
+            err = r.json()["error"]
+            assert err["message"] and err["type"]
+        ok = await h.post("/v1/completions", json={"model": model, "prompt": "still alive", "max_tokens": 3})
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
+
+
+async def test_least_loaded_prefers_idle_worker(tmp_path: Path, tiny_model_dir: Path) -> None:
+    workers = [await start_mocker(tmp_path, tiny_model_dir, "--speedup-ratio", "1", name=f"slow{i}") for i in range(2)]
+    fe = FrontendProcess(tmp_path, "--router-mode", "least-loaded")
+    try:
+        await fe.wait_models({tiny_model_dir.name})
+        c = client(fe)
+        long = asyncio.create_task(c.completions.create(model=tiny_model_dir.name, prompt="long one",
+                                                        max_tokens=1500, extra_body={"ignore_eos": True}))
+        deadline = time.monotonic() + 10
+        busy = None
+        while busy is None and time.monotonic() < deadline:
+            busy = next((w for w in workers if w.metric("dynamo_worker_inflight_requests") >= 1), None)
+            await asyncio.sleep(0.05)
+        if long.done():
+            long.result()  # surfaces the request's error
+        assert busy is not None, "the long request never reached a worker"
+        idle = next(w for w in workers if w is not busy)
+        before = idle.metric("dynamo_worker_requests_total")
+        for i in range(4):
+            await c.completions.create(model=tiny_model_dir.name, prompt=f"short {i}", max_tokens=2)
+        assert idle.metric("dynamo_worker_requests_total") - before == 4
+        assert busy.metric("dynamo_worker_inflight_requests") == 1
+        long.cancel()
+    finally:
+        fe.close()
+        for w in workers:
+            await w.close()
+
+
+async def _stream_tokens_with_kill(fe: FrontendProcess, workers: list[WorkerProcess], model: str,
+                                   max_tokens: int) -> tuple[int, str | None]:
+    """Stream a completion; SIGKILL the worker serving it once a few chunks arrived."""
+    c = client(fe)
+    stream = await c.completions.create(model=model, prompt="migrate me", max_tokens=max_tokens, stream=True,
+                                        stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    chunks, killed, usage = 0, False, None
+    async for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage.completion_tokens
+        if chunk.choices:
+            chunks += 1
+        if chunks == 5 and not killed:
+            victim = next(w for w in workers if w.metric("dynamo_worker_inflight_requests") >= 1)
+            victim.signal(signal.SIGKILL)
+            killed = True
+    assert killed
+    return usage or 0, None
+
+
+async def test_migration_continues_stream_on_another_worker(tmp_path: Path, tiny_model_dir: Path) -> None:
+    workers = [await start_mocker(tmp_path, tiny_model_dir, "--speedup-ratio", "2", name=f"m{i}") for i in range(2)]
+    fe = FrontendProcess(tmp_path, "--migration-limit", "1")
+    try:
+        await fe.wait_models({tiny_model_dir.name})
+        completion_tokens, _ = await asyncio.wait_for(
+            _stream_tokens_with_kill(fe, workers, tiny_model_dir.name, 200), 120)
+        assert completion_tokens == 200
+        assert "migrating" in fe.log()
+    finally:
+        fe.close()
+        for w in workers:
+            await w.close()
+
+
+async def test_without_migration_the_client_gets_a_clean_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+    workers = [await start_mocker(tmp_path, tiny_model_dir, "--speedup-ratio", "2", name=f"n{i}") for i in range(2)]
+    fe = FrontendProcess(tmp_path, "--migration-limit", "0")
+    try:
+        await fe.wait_models({tiny_model_dir.name})
+        t0 = time.monotonic()
+        with pytest.raises(openai.APIError):
+            await asyncio.wait_for(_stream_tokens_with_kill(fe, workers, tiny_model_dir.name, 400), 30)
+        assert time.monotonic() - t0 < 30
+        # The frontend still serves, on the surviving worker.
+        await fe.wait_models({tiny_model_dir.name})
+        ok = await client(fe).completions.create(model=tiny_model_dir.name, prompt="after", max_tokens=3)
+        assert ok.usage.completion_tokens == 3  # type: ignore[union-attr]
+    finally:
+        fe.close()
+        for w in workers:
+            await w.close()

@@ -1,0 +1,45 @@
+"""Frontend configuration: CLI flag > DYN_* environment variable > default."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynamo.frontend.args import FrontendConfig, parse_args
+
+
+def test_defaults() -> None:
+    assert parse_args([], env={}) == FrontendConfig()
+    c = FrontendConfig()
+    assert (c.http_host, c.http_port, c.namespace, c.discovery_backend, c.router_mode,
+            c.migration_limit, c.api_key) == ("0.0.0.0", 8000, "dynamo", "file", "round-robin",
+                                              0, None)
+
+
+def test_env_then_flag_precedence() -> None:
+    env = {"DYN_HTTP_PORT": "9001", "DYN_NAMESPACE": "prod", "DYN_ROUTER_MODE": "random",
+           "DYN_MIGRATION_LIMIT": "3", "DYN_API_KEY": "k", "DYN_DISCOVERY_BACKEND": "etcd",
+           "DYN_ETCD_ENDPOINTS": "http://e:2379", "DYN_DISCOVERY_DIR": "/d"}
+    c = parse_args([], env=env)
+    assert (c.http_port, c.namespace, c.router_mode, c.migration_limit, c.api_key,
+            c.discovery_backend, c.etcd_endpoints, c.discovery_dir) == (
+        9001, "prod", "random", 3, "k", "etcd", "http://e:2379", "/d")
+    c = parse_args(["--http-port", "9002", "--namespace", "dev", "--router-mode",
+                    "least-loaded", "--migration-limit", "1", "--api-key", "flag-key"], env=env)
+    assert (c.http_port, c.namespace, c.router_mode, c.migration_limit, c.api_key) == (
+        9002, "dev", "least-loaded", 1, "flag-key")
+
+
+@pytest.mark.parametrize("argv,env", [
+    (["--router-mode", "fastest"], {}),
+    ([], {"DYN_ROUTER_MODE": "fastest"}),
+    ([], {"DYN_HTTP_PORT": "eighty"}),
+    (["--http-port", "70000"], {}),
+    (["--migration-limit", "-1"], {}),
+    (["--discovery-backend", "zookeeper"], {}),
+])
+def test_bad_values_exit_with_a_message(argv: list[str], env: dict[str, str],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv, env=env)
+    message = capsys.readouterr().err + str(info.value.code)
+    assert any(w in message for w in ("fastest", "eighty", "70000", "-1", "zookeeper"))

@@ -1,0 +1,65 @@
+"""One VllmEngine in its own process, driven by JSON lines on stdin (for the disaggregation test).
+
+    python tests/vllm/disagg_peer.py MODEL_DIR ROLE
+
+Prints `@@{"ready": EngineInfo}` once started; then for each stdin line
+`{"request_id", "token_ids", "max_tokens", "disaggregated_params"?}` prints
+`@@{"outputs": [GenerateOutput, ...]}` (or `@@{"error": "..."}`); `{"op": "log_stats"}` makes
+vLLM log its stats (KV transfer counts) and answers `@@{"logged": true}`. Lines without the `@@` prefix
+are vLLM's own logging. EOF on stdin shuts the engine down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: E402
+
+from dynamo.llm.protocol import DisaggregatedParams, GenerateRequest, StopConditions  # noqa: E402
+from dynamo.vllm.engine import VllmEngine  # noqa: E402
+
+PREFIX = "@@"
+
+
+def say(message: dict) -> None:
+    print(PREFIX + json.dumps(message), flush=True)
+
+
+async def main(model_dir: str, role: str) -> None:
+    engine = VllmEngine(AsyncEngineArgs(model=model_dir, dtype="float32", enforce_eager=True,
+                                        max_model_len=1024), role=role)
+    say({"ready": dataclasses.asdict(await engine.start())})
+    try:
+        while line := await asyncio.to_thread(sys.stdin.readline):
+            message = json.loads(line)
+            if message.get("op") == "log_stats":
+                # vLLM's logging stat logger prints "KV Transfer metrics: ..." when asked.
+                await engine.async_llm.do_log_stats()
+                say({"logged": True})
+                continue
+            params = message.get("disaggregated_params")
+            request = GenerateRequest(
+                request_id=message["request_id"],
+                token_ids=message["token_ids"],
+                stop=StopConditions(max_tokens=message["max_tokens"], ignore_eos=True),
+                disaggregated_params=DisaggregatedParams(**params) if params else None,
+            )
+            try:
+                outputs = [dataclasses.asdict(out) async for out in engine.generate(request)]
+            except Exception as exc:  # reported to the test, which fails with it
+                say({"error": f"{type(exc).__name__}: {exc}"})
+                continue
+            say({"outputs": outputs})
+    finally:
+        await engine.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,188 @@
+"""Start a real `python -m dynamo.<backend>` worker process and talk to it (tests and benchmarks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import grpc
+
+from dynamo.llm import codec
+from dynamo.llm.proto import worker_pb2 as pb
+from dynamo.llm.proto import worker_pb2_grpc as pb_grpc
+from dynamo.llm.protocol import GenerateOutput, GenerateRequest
+from dynamo.runtime.discovery.file import FileDiscovery
+from dynamo.runtime.discovery.records import InstanceRecord
+from dynamo.runtime.identity import INSTANCES_ROOT
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WorkerProcess:
+    """One worker subprocess registered in a file-discovery directory."""
+
+    def __init__(self, backend: str, args: Sequence[str], discovery_dir: Path, *, namespace: str = "test",
+                 env: dict[str, str] | None = None, name: str | None = None) -> None:
+        self.backend = backend
+        self.name = name or backend
+        self.discovery_dir = discovery_dir
+        self.namespace = namespace
+        self.system_port = free_port()
+        self.log_path = Path(tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log")[1])
+        cmd = [sys.executable, "-m", f"dynamo.{backend}", *args, "--namespace", namespace,
+               "--discovery-backend", "file", "--discovery-dir", str(discovery_dir), "--discovery-ttl", "3",
+               "--grpc-host", "127.0.0.1", "--advertise-host", "127.0.0.1",
+               "--system-port", str(self.system_port)]
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+                    **(env or {})}
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+                                     start_new_session=True)
+        self.record: InstanceRecord | None = None
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_registered(self, timeout: float) -> InstanceRecord:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-5000:]}")
+            for rec in await self.registered():
+                if rec.pid == self.pid:
+                    self.record = rec
+                    return rec
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"{self.name} did not register within {timeout} s:\n{self.log()[-5000:]}")
+
+    async def registered(self) -> list[InstanceRecord]:
+        """Every live record in this worker's namespace."""
+        async with FileDiscovery(self.discovery_dir, ttl=3) as discovery:
+            raw = await discovery.get_prefix(f"{INSTANCES_ROOT}{self.namespace}/")
+        out = []
+        for value in raw.values():
+            try:
+                out.append(InstanceRecord.from_json(value))
+            except ValueError:
+                pass
+        return out
+
+    @property
+    def card(self) -> dict:
+        assert self.record is not None
+        return self.record.metadata["model_card"]
+
+    def stub(self) -> pb_grpc.WorkerStub:
+        assert self.record is not None
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.record.target)
+        return pb_grpc.WorkerStub(self._channel)
+
+    async def generate(self, request: GenerateRequest, timeout: float = 120) -> list[GenerateOutput]:
+        return [o async for o in self.stream(request, timeout)]
+
+    async def stream(self, request: GenerateRequest, timeout: float = 120) -> AsyncIterator[GenerateOutput]:
+        call = self.stub().Generate(codec.request_to_pb(request), timeout=timeout)
+        try:
+            async for msg in call:
+                yield codec.output_from_pb(msg)
+        finally:
+            call.cancel()
+
+    async def stats(self) -> pb.WorkerStats:
+        call = self.stub().SubscribeStats(pb.SubscribeRequest(interval_ms=100), timeout=10)
+        try:
+            async for msg in call:
+                return msg
+        finally:
+            call.cancel()
+        raise RuntimeError("no stats")
+
+    async def wait_unfinished(self, n: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        last = -1
+        while time.monotonic() < deadline:
+            last = (await self.stats()).unfinished_requests
+            if last == n:
+                return last
+            await asyncio.sleep(0.05)
+        return last
+
+    def http_get(self, path: str) -> tuple[int, str]:
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.system_port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples whose labels include `labels`."""
+        _, text = self.http_get("/metrics")
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name) or line.startswith("#"):
+                continue
+            head, _, value = line.rpartition(" ")
+            if head.split("{")[0] != name:
+                continue
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        if self.proc.poll() is None:
+            os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        # Reap engine subprocesses left in the session (vLLM's engine core) if the worker died hard.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
+
+
+def records_json(discovery_dir: Path) -> list[dict]:
+    out = []
+    for p in discovery_dir.rglob("*"):
+        if p.is_file():
+            try:
+                out.append(json.loads(p.read_text()))
+            except (ValueError, OSError):
+                pass
+    return out
