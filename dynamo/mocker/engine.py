@@ -219,7 +219,7 @@ class MockerEngine(LLMEngine):
         position = len(seq.tokens) - seq.prompt_len
         early = position < seq.min_tokens
         token = self._sampler.sample(seq.seed, position, ban=seq.stop_token_ids if early else _NOTHING,
-                                     allow_eos=not (early or seq.ignore_eos))
+                                     allow_eos=not early)  # like vLLM: ignore_eos goes on past EOS
         seq.tokens.append(token)
         self._generated_tokens += 1
         sink = seq.sink

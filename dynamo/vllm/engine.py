@@ -15,12 +15,14 @@ Disaggregation (NIXL), as this adapter does it:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator
 
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import tokens_input
+from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from dynamo.llm.engine import EngineError, LLMEngine
@@ -173,7 +175,7 @@ class VllmEngine(LLMEngine):
                 await stream.aclose()
                 await llm.abort(request.request_id)
 
-    def _finish(self, request: GenerateRequest, out, output: GenerateOutput,
+    def _finish(self, request: GenerateRequest, out: RequestOutput, output: GenerateOutput,
                 completion: list[int]) -> None:
         """Fill the last output: finish reason, usage and, on a prefill worker, the handoff."""
         if output.finish_reason is None:
@@ -225,8 +227,8 @@ class VllmEngine(LLMEngine):
 
     def stats(self) -> EngineStats:
         stats = self._stats.latest()
-        if self.info is not None and not stats.kv_total_blocks:
-            stats.kv_total_blocks = self.info.total_kv_blocks
+        if self.info is not None and not stats.kv_total_blocks:  # nothing recorded yet
+            return dataclasses.replace(stats, kv_total_blocks=self.info.total_kv_blocks)
         return stats
 
     def num_unfinished_requests(self) -> int:

@@ -252,7 +252,8 @@ def test_models_and_health_follow_the_backend(backend: ScriptedBackend,
     with httpx.Client(base_url=server.url, timeout=10) as c:
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["tiny"]
         assert c.get("/v1/models/tiny").json()["max_model_len"] == CONTEXT
-        assert c.get("/health").json() == {"status": "healthy", "models": ["tiny"]}
+        _wait_for(lambda: c.get("/health").status_code == 200, 60)  # once the tokenizer is preloaded
+        assert c.get("/health").json() == {"status": "healthy", "models": ["tiny"], "ready": ["tiny"]}
         backend.no_workers.add("tiny")  # its last worker went away
         assert c.get("/v1/models").json()["data"] == []
         r = c.get("/health")

