@@ -29,10 +29,33 @@ def kv_transfer_params_for(request: GenerateRequest, role: str) -> dict[str, Any
             raise InvalidRequest("a prefill worker got a request that already carries a prefill result")
         if not isinstance(params.payload, Mapping) or not params.payload:
             raise InvalidRequest("disaggregated_params.payload is empty; expected vLLM's kv_transfer_params")
+        check_kv_transfer_params(params.payload)
         return dict(params.payload)
     if role == "prefill":
         return {"do_remote_decode": True}
     return None
+
+
+# What vLLM's NIXL connector needs to pull a prefill's KV blocks, and the JSON type of each.
+_REQUIRED_KV_PARAMS: dict[str, type | tuple[type, ...]] = {
+    "do_remote_prefill": bool, "remote_block_ids": list, "remote_engine_id": str,
+    "remote_request_id": str, "remote_host": str, "remote_port": int,
+}
+
+
+def check_kv_transfer_params(payload: Mapping[str, Any]) -> None:
+    """Refuse a payload that is not a vLLM prefill's kv_transfer_params before vLLM sees it."""
+    missing = [k for k in _REQUIRED_KV_PARAMS if k not in payload]
+    if missing:
+        raise InvalidRequest(f"disaggregated_params.payload is not a vLLM prefill result: missing "
+                             f"{', '.join(missing)}")
+    wrong = [f"{k} must be {t.__name__}" for k, t in _REQUIRED_KV_PARAMS.items()  # type: ignore[union-attr]
+             if not isinstance(payload[k], t) or (t is int and isinstance(payload[k], bool))]
+    if wrong:
+        raise InvalidRequest(f"disaggregated_params.payload is malformed: {'; '.join(wrong)}")
+    if not payload["do_remote_prefill"]:
+        raise InvalidRequest("disaggregated_params.payload has do_remote_prefill=false: it is not a "
+                             "prefill worker's result")
 
 
 def sampling_params_for(request: GenerateRequest, role: str = "agg") -> SamplingParams:

@@ -21,6 +21,7 @@ from dynamo.llm.proto import worker_pb2 as pb
 from dynamo.llm.protocol import (DisaggregatedParams, FinishReason, GenerateOutput, GenerateRequest,
                                  OutputOptions, SamplingOptions, StopConditions)
 from tests.conformance.backends import BACKENDS, BackendSpec
+from tests.hf_reference import HfReference
 from tests.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.timeout(900)
@@ -127,20 +128,28 @@ async def test_stop_token_ids(agg: WorkerProcess) -> None:
     assert outs[-1].finish_reason is FinishReason.STOP
 
 
-async def test_eos_ends_generation_unless_ignored(agg: WorkerProcess) -> None:
-    eos = set(agg.card["eos_token_ids"])
-    assert eos, "the model card must list the EOS token ids"
+async def find_eos_prompt(agg: WorkerProcess, spec: BackendSpec, model_dir: Path, eos: int) -> list[int]:
+    """A prompt whose greedy continuation reaches EOS: from the reference model where there are
+    real weights, else by generating from candidate prompts."""
+    if spec.real_weights:
+        return await asyncio.to_thread(lambda: HfReference(model_dir).eos_prompt(eos))
     for seed in range(40):
         p = prompt(100 + seed, 16)
-        ref = tokens(await agg.generate(req(p, max_tokens=64, ignore_eos=True)))
-        hit = next((i for i, t in enumerate(ref) if t in eos), None)
-        if hit is not None:
-            break
-    else:
-        pytest.fail("no prompt produced an EOS token within 64 tokens; the test model should")
+        if eos in tokens(await agg.generate(req(p, max_tokens=64, ignore_eos=True))):
+            return p
+    raise AssertionError("no prompt produced an EOS token within 64 tokens")
+
+
+async def test_eos_ends_generation_unless_ignored(agg: WorkerProcess, spec: BackendSpec, tiny_model_dir: Path
+                                                  ) -> None:
+    eos_ids = agg.card["eos_token_ids"]
+    assert eos_ids, "the model card must list the EOS token ids"
+    p = await find_eos_prompt(agg, spec, tiny_model_dir, eos_ids[0])
+    ref = tokens(await agg.generate(req(p, max_tokens=64, ignore_eos=True)))
+    hit = ref.index(eos_ids[0])
     assert len(ref) == 64, "ignore_eos must generate past EOS"
     outs = await agg.generate(req(p, max_tokens=64, ignore_eos=False))
-    assert tokens(outs) == ref[:hit + 1]
+    assert tokens(outs) == ref[:hit + 1], "output must end with the EOS token, at its first occurrence"
     assert outs[-1].finish_reason is FinishReason.EOS
 
 
@@ -250,26 +259,12 @@ async def test_bad_input_is_invalid_argument(agg: WorkerProcess, case: tuple) ->
 
 # --- greedy equality with the engine's reference (real weights only) ----------------------------------
 
-def hf_greedy(model_dir: Path, prompts: list[list[int]], n: int) -> list[list[int]]:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
-    out = []
-    with torch.no_grad():
-        for p in prompts:
-            ids = torch.tensor([p])
-            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                                 do_sample=False, pad_token_id=0)
-            out.append(gen[0, len(p):].tolist())
-    return out
-
-
 @pytest.mark.real_weights
 async def test_greedy_equals_reference(agg: WorkerProcess, tiny_model_dir: Path) -> None:
     prompts = [prompt(20 + i, 12 + 7 * i) for i in range(4)]
     got = [tokens(await agg.generate(req(p, max_tokens=32))) for p in prompts]
-    expected = await asyncio.to_thread(hf_greedy, tiny_model_dir, prompts, 32)
+    reference = await asyncio.to_thread(HfReference, tiny_model_dir)
+    expected = [await asyncio.to_thread(reference.greedy, p, 32) for p in prompts]
     assert got == expected
 
 

@@ -103,7 +103,8 @@ def test_prefill_and_decode_requests_carry_kv_transfer_params() -> None:
     assert (prefill.max_tokens, prefill.min_tokens) == (1, 1)
     assert prefill.extra_args == {"kv_transfer_params": {"do_remote_decode": True}}
 
-    payload = {"do_remote_prefill": True, "remote_block_ids": [[1, 2]], "remote_engine_id": "e"}
+    payload = {"do_remote_prefill": True, "remote_block_ids": [[1, 2]], "remote_engine_id": "e",
+               "remote_request_id": "r", "remote_host": "127.0.0.1", "remote_port": 5600}
     handoff = DisaggregatedParams(engine="vllm", payload=payload, first_token_ids=[9])
     decode = sampling_params_for(request(disaggregated_params=handoff), role="decode")
     assert decode.extra_args == {"kv_transfer_params": payload}
@@ -113,6 +114,21 @@ def test_prefill_and_decode_requests_carry_kv_transfer_params() -> None:
             engine="mocker", payload=payload)), role="decode")
     with pytest.raises(InvalidRequest, match="prefill"):
         sampling_params_for(request(disaggregated_params=handoff), role="prefill")
+
+
+@pytest.mark.parametrize("payload,message", [
+    ({"junk": True}, "missing do_remote_prefill, remote_block_ids"),
+    ({"do_remote_prefill": True, "remote_block_ids": "x", "remote_engine_id": "e", "remote_request_id": "r",
+      "remote_host": "h", "remote_port": 1}, "remote_block_ids must be list"),
+    ({"do_remote_prefill": True, "remote_block_ids": [], "remote_engine_id": "e", "remote_request_id": "r",
+      "remote_host": "h", "remote_port": True}, "remote_port must be int"),
+    ({"do_remote_prefill": False, "remote_block_ids": [], "remote_engine_id": "e", "remote_request_id": "r",
+      "remote_host": "h", "remote_port": 1}, "do_remote_prefill=false"),
+])
+def test_garbage_kv_transfer_params_are_refused(payload: dict, message: str) -> None:
+    bad = DisaggregatedParams(engine="vllm", payload=payload)
+    with pytest.raises(InvalidRequest, match=message):
+        sampling_params_for(request(disaggregated_params=bad), role="decode")
 
 
 @pytest.mark.parametrize("reason,stop_reason,stop_ids,expected", [

@@ -1,0 +1,269 @@
+"""Load generators for the benchmarks, run as their own process so they get their own core.
+
+    python benchmarks/_loadgen.py grpc   --target HOST:PORT --model NAME ...
+    python benchmarks/_loadgen.py http   --url http://HOST:PORT --model NAME ...
+    python benchmarks/_loadgen.py inproc --model-dir DIR --speedup-ratio R ...
+
+Each mode runs `--warmup` unrecorded requests, then `--requests` requests with at most
+`--concurrency` in flight (each of `--max-tokens` output tokens, ignore_eos), and prints ONE JSON
+line on stdout: per-request records (start, first-token and end times relative to the measured
+phase, output tokens, messages or SSE chunks) plus the wall time and this process's CPU seconds
+over the measured phase, so the parent can say how much of the machine the load generator took.
+
+- grpc: the worker's `dynamo.llm.v1.Worker/Generate` through a plain grpc.aio stub (one channel).
+- http: OpenAI streaming chat completions over raw asyncio sockets (HTTP/1.1 keep-alive, one
+  connection per concurrent slot, chunked transfer decoding, SSE split on blank lines). Only the
+  final usage chunk (stream_options.include_usage) is JSON-parsed: it gives completion_tokens.
+- inproc: the same MockerEngine the worker runs, driven in this process (no gRPC): the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+@dataclass
+class Record:
+    start: float  # seconds since the measured phase began
+    ttft: float  # seconds from start to the first output token (nan if none came)
+    end: float
+    tokens: int  # output tokens as the server counted them
+    messages: int  # gRPC messages, or SSE chunks carrying content
+
+
+def prompt_ids(i: int, length: int, vocab: int) -> list[int]:
+    """Distinct prompts (no prefix-cache sharing beyond chance), deterministic per index."""
+    return [(i * 7919 + j * 104729) % (vocab - 3) + 3 for j in range(length)]
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def drive(one: Callable[[int, float], Awaitable[Record]], warmup: int, requests: int,
+                concurrency: int) -> dict:
+    """Run `warmup` then `requests` calls of `one(index, t0)` with `concurrency` workers."""
+    async def phase(n: int, base: int, t0: float, out: list[Record]) -> None:
+        counter = itertools.count()
+
+        async def worker() -> None:
+            while (k := next(counter)) < n:
+                out.append(await one(base + k, t0))
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
+
+    if warmup:
+        await phase(warmup, 10_000_000, time.perf_counter(), [])
+    records: list[Record] = []
+    print("PHASE start", flush=True)  # the parent samples the servers' CPU at these two marks
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    await phase(requests, 0, t0, records)
+    wall = time.perf_counter() - t0
+    cpu = cpu_seconds() - cpu0
+    print("PHASE end", flush=True)
+    return {"wall": wall, "cpu": cpu, "records": [asdict(r) for r in records]}
+
+
+# --- gRPC -----------------------------------------------------------------------------------
+
+async def run_grpc(a: argparse.Namespace) -> dict:
+    import grpc
+
+    from dynamo.llm.proto import worker_pb2 as pb
+    from dynamo.llm.proto import worker_pb2_grpc as pb_grpc
+
+    channel = grpc.aio.insecure_channel(a.target)
+    stub = pb_grpc.WorkerStub(channel)
+
+    async def one(i: int, t0: float) -> Record:
+        req = pb.GenerateRequest(request_id=f"bench-{i}", model=a.model,
+                                 token_ids=prompt_ids(i, a.prompt_len, a.vocab))
+        req.stop.max_tokens = a.max_tokens
+        req.stop.ignore_eos = True
+        start = time.perf_counter()
+        first = float("nan")
+        tokens = messages = 0
+        async for msg in stub.Generate(req, timeout=a.timeout):
+            n = len(msg.token_ids)
+            if n and tokens == 0:
+                first = time.perf_counter()
+            tokens += n
+            messages += 1
+        end = time.perf_counter()
+        return Record(start - t0, first - start, end - t0, tokens, messages)
+
+    try:
+        return await drive(one, a.warmup, a.requests, a.concurrency)
+    finally:
+        await channel.close()
+
+
+# --- HTTP / SSE -----------------------------------------------------------------------------
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection; `post_sse` streams one request's SSE events."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+
+    async def post_sse(self, path: str, body: bytes, on_event: Callable[[bytes], None]) -> None:
+        if self.writer is None:
+            await self._connect()
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + self.host.encode()
+                          + b"\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\n"
+                          b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        reader = self.reader
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        lower = head.lower()
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {head.decode(errors='replace')} "
+                               f"{(await reader.read(2000)).decode(errors='replace')}")
+        if b"transfer-encoding: chunked" not in lower:
+            raise RuntimeError(f"expected a chunked SSE response, got headers {head!r}")
+        buf = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
+            data = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            buf += data[:-2]
+            *events, buf = buf.split(b"\n\n")
+            for ev in events:
+                on_event(ev)
+        if b"connection: close" in lower:
+            self.writer.close()
+            self.reader = self.writer = None
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def run_http(a: argparse.Namespace) -> dict:
+    import orjson
+
+    from urllib.parse import urlsplit
+    u = urlsplit(a.url)
+    host, port = u.hostname or "127.0.0.1", u.port or 80
+    pool: list[HttpConnection] = [HttpConnection(host, port) for _ in range(a.concurrency)]
+
+    async def one(i: int, t0: float) -> Record:
+        # one connection per concurrent slot: take any idle one
+        conn = pool.pop()
+        words = " ".join(f"w{(i * 31 + j) % 997}" for j in range(a.prompt_len // 2))
+        body = orjson.dumps({
+            "model": a.model, "messages": [{"role": "user", "content": f"request {i}: {words}"}],
+            "max_tokens": a.max_tokens, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}})
+        start = time.perf_counter()
+        state = {"first": float("nan"), "chunks": 0, "tokens": -1}
+
+        def on_event(ev: bytes) -> None:
+            if b'"content":"' in ev and b'"content":""' not in ev:
+                if state["chunks"] == 0:
+                    state["first"] = time.perf_counter()
+                state["chunks"] += 1
+            elif b'"usage":{' in ev:
+                state["tokens"] = orjson.loads(ev[ev.index(b"{"):])["usage"]["completion_tokens"]
+            elif ev.startswith(b"data: {\"error\"") or b'"error":{' in ev:
+                raise RuntimeError(f"error event: {ev[:500]!r}")
+        try:
+            await conn.post_sse("/v1/chat/completions", body, on_event)
+        except BaseException:
+            await conn.close()
+            conn = HttpConnection(host, port)
+            raise
+        finally:
+            pool.append(conn)
+        end = time.perf_counter()
+        if state["tokens"] < 0:
+            raise RuntimeError(f"request {i}: no usage chunk in the stream")
+        return Record(start - t0, state["first"] - start, end - t0, state["tokens"], state["chunks"])
+
+    try:
+        return await drive(one, a.warmup, a.requests, a.concurrency)
+    finally:
+        for c in pool:
+            await c.close()
+
+
+# --- in-process MockerEngine ----------------------------------------------------------------
+
+async def run_inproc(a: argparse.Namespace) -> dict:
+    from dynamo.llm.protocol import GenerateRequest, StopConditions
+    from dynamo.mocker.args import MockerConfig, read_model_facts
+    from dynamo.mocker.engine import MockerEngine
+
+    facts = read_model_facts(a.model_dir)
+    engine = MockerEngine(MockerConfig(vocab_size=facts.vocab_size, eos_token_ids=facts.eos_token_ids,
+                                       max_model_len=facts.max_position_embeddings or 8192,
+                                       speedup_ratio=a.speedup_ratio))
+    await engine.start()
+
+    async def one(i: int, t0: float) -> Record:
+        req = GenerateRequest(request_id=f"bench-{i}", token_ids=prompt_ids(i, a.prompt_len, facts.vocab_size),
+                              stop=StopConditions(max_tokens=a.max_tokens, ignore_eos=True))
+        start = time.perf_counter()
+        first = float("nan")
+        tokens = messages = 0
+        async for out in engine.generate(req):
+            n = len(out.token_ids)
+            if n and tokens == 0:
+                first = time.perf_counter()
+            tokens += n
+            messages += 1
+        end = time.perf_counter()
+        return Record(start - t0, first - start, end - t0, tokens, messages)
+
+    try:
+        return await drive(one, a.warmup, a.requests, a.concurrency)
+    finally:
+        await engine.shutdown()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=("grpc", "http", "inproc"))
+    p.add_argument("--target", help="grpc: worker HOST:PORT")
+    p.add_argument("--url", help="http: frontend base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--model", default="", help="served model name")
+    p.add_argument("--model-dir", help="inproc: model directory (config.json)")
+    p.add_argument("--speedup-ratio", type=float, default=1000.0, help="inproc: mocker speedup")
+    p.add_argument("--vocab", type=int, default=1024, help="grpc: vocabulary size for prompt ids")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--requests", type=int, default=256)
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (http: about that many words/2)")
+    p.add_argument("--timeout", type=float, default=120.0, help="per-request deadline, seconds")
+    a = p.parse_args()
+    try:
+        import uvloop
+        uvloop.install()  # the servers use uvloop too; a slow client would understate them
+    except ImportError:
+        pass
+    run = {"grpc": run_grpc, "http": run_http, "inproc": run_inproc}[a.mode]
+    print(json.dumps(asyncio.run(run(a))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

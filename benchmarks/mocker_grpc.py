@@ -1,0 +1,124 @@
+"""Output tokens/s of one mocker worker through its gRPC Generate, vs the same engine in-process.
+
+    .venv/bin/python benchmarks/mocker_grpc.py [--requests 256] [--requests-c1 32] [--max-tokens 128]
+                                              [--slow-requests 64] [--skip-slow]
+
+Starts `python -m dynamo.mocker --model TINY --speedup-ratio 1000` (file discovery, uvloop) and
+drives it from a separate load-generator process (benchmarks/_loadgen.py grpc: one grpc.aio channel,
+streaming Generate, 128 output tokens per request with ignore_eos) at concurrency 1 and 64. The
+baseline, measured in the same run, is the same MockerEngine driven in a process of its own with
+no gRPC at all (_loadgen.py inproc). Then the same at --speedup-ratio 1 (fewer requests), where the
+timing model, not the CPU, sets the rate: the `model` row is what the timing model predicts for
+steady decode (step = overhead + per-seq + per-context-token costs).
+
+Prints one table: output tokens/s, TTFT p50/p99, mean ITL, tokens per gRPC message, CPU cores used
+by the client and by the worker, and the ratio to the in-process baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks._common import (  # noqa: E402
+    HEADER,
+    LEGEND,
+    Result,
+    ensure_tiny_model,
+    row,
+    run_loadgen,
+    summarise,
+    track,
+)
+from dynamo.mocker.args import TimingModel  # noqa: E402
+from tests.worker_process import WorkerProcess  # noqa: E402
+
+MODEL_NAME = "tiny"
+
+
+def predicted_tok_s(concurrency: int, prompt_len: int, max_tokens: int) -> float:
+    """Steady-decode rate the default timing model gives at speedup 1 (mean context mid-way)."""
+    t = TimingModel()
+    ctx = prompt_len + max_tokens / 2
+    step_ms = t.step_overhead_ms + t.decode_ms_per_seq * concurrency + t.decode_ms_per_context_token * concurrency * ctx
+    return concurrency / step_ms * 1000
+
+
+async def start_worker(discovery: Path, speedup: float) -> WorkerProcess:
+    w = WorkerProcess("mocker", ["--model", str(ensure_tiny_model()), "--served-model-name", MODEL_NAME,
+                                 "--speedup-ratio", str(speedup)], discovery, namespace="bench")
+    track(w.pid)
+    try:
+        await w.wait_registered(60)
+    except BaseException:
+        await w.close()
+        raise
+    return w
+
+
+async def measure(w: WorkerProcess, speedup: float, concurrency: int, requests: int, a: argparse.Namespace,
+                  timeout: float) -> tuple[Result, Result]:
+    common = ["--concurrency", str(concurrency), "--requests", str(requests), "--max-tokens", str(a.max_tokens),
+              "--prompt-len", str(a.prompt_len), "--warmup", str(min(concurrency, requests))]
+    assert w.record is not None
+    raw, server_cpu = await run_loadgen(["grpc", "--target", w.record.target, "--model", MODEL_NAME, *common],
+                                        timeout, [w.pid])
+    grpc_r = summarise(f"gRPC worker, speedup {speedup:g}", concurrency, raw, server_cpu,
+                       expected_tokens=requests * a.max_tokens)
+    raw, _ = await run_loadgen(["inproc", "--model-dir", str(ensure_tiny_model()), "--speedup-ratio",
+                                str(speedup), *common], timeout)
+    base = summarise(f"in-process engine, speedup {speedup:g}", concurrency, raw,
+                     expected_tokens=requests * a.max_tokens)
+    return grpc_r, base
+
+
+async def run(a: argparse.Namespace) -> None:
+    t_start = time.monotonic()
+    ensure_tiny_model()
+    plans: list[tuple[float, list[tuple[int, int]]]] = [(a.speedup, [(1, a.requests_c1), (64, a.requests)])]
+    if not a.skip_slow:
+        plans.append((1.0, [(1, a.slow_requests_c1), (64, a.slow_requests)]))
+    lines = [HEADER]
+    with tempfile.TemporaryDirectory(prefix="bench-mocker-grpc-") as d:
+        for speedup, sizes in plans:
+            w = await start_worker(Path(d), speedup)
+            try:
+                for concurrency, requests in sizes:
+                    g, b = await measure(w, speedup, concurrency, requests, a, a.timeout)
+                    lines += [row(g, b), row(b)]
+                    print(lines[-2], "\n" + lines[-1], flush=True)
+                    if speedup == 1.0:
+                        lines.append(f"{'timing model (steady decode)':<34} {concurrency:>3} {'':>5} "
+                                     f"{predicted_tok_s(concurrency, a.prompt_len, a.max_tokens):>10,.0f}")
+            finally:
+                await w.close()
+                w.log_path.unlink(missing_ok=True)
+    print(f"\n{a.max_tokens} output tokens per request (ignore_eos), prompts of {a.prompt_len} tokens; "
+          f"total {time.monotonic() - t_start:.0f} s")
+    print("\n".join(lines))
+    print(LEGEND)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=256, help="requests at c=64 (fast clock)")
+    p.add_argument("--requests-c1", type=int, default=32, help="requests at c=1 (fast clock)")
+    p.add_argument("--speedup", type=float, default=1000.0, help="--speedup-ratio of the fast runs")
+    p.add_argument("--slow-requests", type=int, default=64, help="requests at c=64, speedup 1")
+    p.add_argument("--slow-requests-c1", type=int, default=4, help="requests at c=1, speedup 1")
+    p.add_argument("--skip-slow", action="store_true", help="skip the speedup-1 runs")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--timeout", type=float, default=120.0, help="limit per load-generator run, seconds")
+    asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
