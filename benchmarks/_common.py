@@ -11,8 +11,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -36,6 +39,17 @@ def _kill_all() -> None:
 
 
 atexit.register(_kill_all)
+
+
+def run_main(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run, with SIGTERM treated like Ctrl-C so that `finally` blocks stop the servers (the
+    servers run in sessions of their own and would outlive a parent killed outright)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        asyncio.run(main)
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 def ensure_tiny_model(path: Path = TINY_MODEL) -> Path:
@@ -71,7 +85,7 @@ class Result:
         return self.tokens / self.wall
 
 
-def summarise(label: str, concurrency: int, raw: dict, server_cpu: float = float("nan"),
+def summarise(label: str, concurrency: int, raw: dict, server_cpu: Sequence[float] = (),
               expected_tokens: int | None = None) -> Result:
     recs = raw["records"]
     tokens = sum(r["tokens"] for r in recs)
@@ -84,7 +98,8 @@ def summarise(label: str, concurrency: int, raw: dict, server_cpu: float = float
                   ttft_p99=percentile([r["ttft"] for r in recs], 99),
                   itl_mean=sum(itls) / len(itls) if itls else float("nan"),
                   tokens_per_msg=tokens / messages if messages else float("nan"),
-                  client_cores=raw["cpu"] / raw["wall"], server_cores=server_cpu / raw["wall"])
+                  client_cores=raw["cpu"] / raw["wall"],
+                  server_cores=sum(server_cpu) / raw["wall"] if server_cpu else float("nan"))
 
 
 def process_cpu(pids: list[int]) -> float:
@@ -105,25 +120,28 @@ def process_cpu(pids: list[int]) -> float:
     return total
 
 
-async def run_loadgen(args: list[str], timeout: float, server_pids: list[int] = ()) -> tuple[dict, float]:
-    """Run `_loadgen.py ARGS` to completion; return its JSON and the servers' CPU seconds meanwhile."""
+async def run_loadgen(args: list[str], timeout: float, server_pids: Sequence[int] = ()) -> tuple[dict, list[float]]:
+    """Run `_loadgen.py ARGS` to completion; return its JSON and each server's CPU seconds over the
+    measured phase (one value per pid in `server_pids`, children included)."""
+    fd, out_path = tempfile.mkstemp(prefix="bench-loadgen-", suffix=".json")
+    os.close(fd)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(LOADGEN), *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable, str(LOADGEN), *args, "--out", out_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
     track(proc.pid)
     assert proc.stdout is not None and proc.stderr is not None
     stderr = asyncio.ensure_future(proc.stderr.read())
 
-    async def read() -> tuple[dict, float]:
-        cpu0 = cpu1 = 0.0
+    async def read() -> tuple[dict, list[float]]:
+        cpu0 = cpu1 = [0.0] * len(server_pids)
         while line := await proc.stdout.readline():  # type: ignore[union-attr]
             text = line.decode().strip()
             if text == "PHASE start":
-                cpu0 = process_cpu(list(server_pids))
+                cpu0 = [process_cpu([pid]) for pid in server_pids]
             elif text == "PHASE end":
-                cpu1 = process_cpu(list(server_pids))
-            elif text.startswith("{"):
-                return json.loads(text), cpu1 - cpu0
+                cpu1 = [process_cpu([pid]) for pid in server_pids]
+            elif text.startswith("RESULT "):
+                return json.loads(Path(out_path).read_text()), [b - a for a, b in zip(cpu0, cpu1)]
         await proc.wait()
         raise RuntimeError(f"load generator {args[0]} failed ({proc.returncode}):\n"
                            f"{(await stderr).decode(errors='replace')[-3000:]}")
@@ -138,6 +156,7 @@ async def run_loadgen(args: list[str], timeout: float, server_pids: list[int] = 
         raise
     finally:
         stderr.cancel()
+        Path(out_path).unlink(missing_ok=True)
 
 
 HEADER = (f"{'run':<34} {'c':>3} {'reqs':>5} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} "

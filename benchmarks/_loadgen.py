@@ -5,8 +5,8 @@
     python benchmarks/_loadgen.py inproc --model-dir DIR --speedup-ratio R ...
 
 Each mode runs `--warmup` unrecorded requests, then `--requests` requests with at most
-`--concurrency` in flight (each of `--max-tokens` output tokens, ignore_eos), and prints ONE JSON
-line on stdout: per-request records (start, first-token and end times relative to the measured
+`--concurrency` in flight (each of `--max-tokens` output tokens, ignore_eos), and writes ONE JSON
+object (to `--out FILE`, else as one line on stdout): per-request records (start, first-token and end times relative to the measured
 phase, output tokens, messages or SSE chunks) plus the wall time and this process's CPU seconds
 over the measured phase, so the parent can say how much of the machine the load generator took.
 
@@ -255,6 +255,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (http: about that many words/2)")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request deadline, seconds")
+    p.add_argument("--out", help="write the JSON result to this file (default: stdout)")
     a = p.parse_args()
     try:
         import uvloop
@@ -262,7 +263,12 @@ def main() -> None:
     except ImportError:
         pass
     run = {"grpc": run_grpc, "http": run_http, "inproc": run_inproc}[a.mode]
-    print(json.dumps(asyncio.run(run(a))), flush=True)
+    result = json.dumps(asyncio.run(run(a)))
+    if a.out:  # a file, not a pipe: large results must not depend on the pipe's buffering
+        Path(a.out).write_text(result)
+        print("RESULT", a.out, flush=True)
+    else:
+        print(result, flush=True)
 
 
 if __name__ == "__main__":

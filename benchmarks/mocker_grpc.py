@@ -1,7 +1,7 @@
 """Output tokens/s of one mocker worker through its gRPC Generate, vs the same engine in-process.
 
     .venv/bin/python benchmarks/mocker_grpc.py [--requests 256] [--requests-c1 32] [--max-tokens 128]
-                                              [--slow-requests 64] [--skip-slow]
+                                              [--slow-requests 64] [--skip-slow] [--profile]
 
 Starts `python -m dynamo.mocker --model TINY --speedup-ratio 1000` (file discovery, uvloop) and
 drives it from a separate load-generator process (benchmarks/_loadgen.py grpc: one grpc.aio channel,
@@ -18,7 +18,6 @@ by the client and by the worker, and the ratio to the in-process baseline.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from benchmarks._common import (  # noqa: E402
     ensure_tiny_model,
     row,
     run_loadgen,
+    run_main,
     summarise,
     track,
 )
@@ -64,19 +64,31 @@ async def start_worker(discovery: Path, speedup: float) -> WorkerProcess:
 
 
 async def measure(w: WorkerProcess, speedup: float, concurrency: int, requests: int, a: argparse.Namespace,
-                  timeout: float) -> tuple[Result, Result]:
+                  timeout: float, profile: bool = False) -> tuple[Result, Result, str]:
+    """The gRPC run and its in-process baseline; with `profile`, py-spy's summary of the worker."""
     common = ["--concurrency", str(concurrency), "--requests", str(requests), "--max-tokens", str(a.max_tokens),
               "--prompt-len", str(a.prompt_len), "--warmup", str(min(concurrency, requests))]
     assert w.record is not None
-    raw, server_cpu = await run_loadgen(["grpc", "--target", w.record.target, "--model", MODEL_NAME, *common],
-                                        timeout, [w.pid])
+    sampler = None
+    if profile:
+        from benchmarks._profile import Sampler
+        sampler = Sampler(w.pid, Path(tempfile.gettempdir()) / "mocker_grpc.pyspy.txt")
+    profile_text = ""
+    try:
+        raw, server_cpu = await run_loadgen(["grpc", "--target", w.record.target, "--model", MODEL_NAME,
+                                             *common], timeout, [w.pid])
+    finally:
+        if sampler is not None:
+            from benchmarks._profile import summarise as summarise_profile
+            out = sampler.stop()
+            profile_text = f"(collapsed stacks: {out})\n" + summarise_profile(out)
     grpc_r = summarise(f"gRPC worker, speedup {speedup:g}", concurrency, raw, server_cpu,
                        expected_tokens=requests * a.max_tokens)
     raw, _ = await run_loadgen(["inproc", "--model-dir", str(ensure_tiny_model()), "--speedup-ratio",
                                 str(speedup), *common], timeout)
     base = summarise(f"in-process engine, speedup {speedup:g}", concurrency, raw,
                      expected_tokens=requests * a.max_tokens)
-    return grpc_r, base
+    return grpc_r, base, profile_text
 
 
 async def run(a: argparse.Namespace) -> None:
@@ -86,12 +98,15 @@ async def run(a: argparse.Namespace) -> None:
     if not a.skip_slow:
         plans.append((1.0, [(1, a.slow_requests_c1), (64, a.slow_requests)]))
     lines = [HEADER]
+    profile_text = ""
     with tempfile.TemporaryDirectory(prefix="bench-mocker-grpc-") as d:
         for speedup, sizes in plans:
             w = await start_worker(Path(d), speedup)
             try:
                 for concurrency, requests in sizes:
-                    g, b = await measure(w, speedup, concurrency, requests, a, a.timeout)
+                    profile = a.profile and speedup == a.speedup and concurrency == 64
+                    g, b, text = await measure(w, speedup, concurrency, requests, a, a.timeout, profile)
+                    profile_text = profile_text or text
                     lines += [row(g, b), row(b)]
                     print(lines[-2], "\n" + lines[-1], flush=True)
                     if speedup == 1.0:
@@ -104,6 +119,8 @@ async def run(a: argparse.Namespace) -> None:
           f"total {time.monotonic() - t_start:.0f} s")
     print("\n".join(lines))
     print(LEGEND)
+    if profile_text:
+        print(f"\npy-spy profile of the worker during the c=64 gRPC run (speedup {a.speedup:g}):\n" + profile_text)
 
 
 def main() -> None:
@@ -117,7 +134,9 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--timeout", type=float, default=120.0, help="limit per load-generator run, seconds")
-    asyncio.run(run(p.parse_args()))
+    p.add_argument("--profile", action="store_true",
+                   help="sample the worker with py-spy during the fast c=64 run (pip install py-spy)")
+    run_main(run(p.parse_args()))
 
 
 if __name__ == "__main__":

@@ -282,3 +282,17 @@ async def test_sigterm_drains_in_flight_streams(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(10)
         await rt.shutdown()
+
+
+async def test_server_reflection_lists_services(two_servers) -> None:  # type: ignore[no-untyped-def]
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    servers, _, _ = two_servers
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{servers[0].runtime.server.port}") as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        call = stub.ServerReflectionInfo(timeout=5)
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        resp = await call.read()
+        await call.done_writing()
+    names = {s.name for s in resp.list_services_response.service}
+    assert {"test.Echo", "grpc.health.v1.Health"} <= names

@@ -1,0 +1,186 @@
+"""Shared by the vLLM benchmarks: engine flags, waiting for a quiet machine, starting vLLM worker
+processes, running a JSON-printing child process, and the KV size of the model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+
+from benchmarks._common import REPO, process_cpu, track
+from tests.conformance.backends import VLLM
+from tests.worker_process import WorkerProcess
+
+MODEL_NAME = "tiny"
+RESULT = "RESULT "  # prefix of the JSON lines a child benchmark process prints
+# The engine settings every run uses (the conformance suite's vLLM flags: fp32, eager, 1k context,
+# KV blocks of 32) and the environment per role: prefill / agg pinned to core 0, decode to core 1.
+ENGINE_ENV = VLLM.env
+
+
+def engine_flags(model: Path) -> list[str]:
+    return VLLM.args(model)
+
+
+def wait_quiet(max_load: float, max_wait: float) -> float:
+    """Wait (up to `max_wait` s) until the 1-minute load average is <= `max_load`: other people's
+    jobs on this 2-core machine would ruin the figures. Returns the load measured at the end."""
+    deadline = time.monotonic() + max_wait
+    load = os.getloadavg()[0]
+    waited = False
+    while load > max_load and time.monotonic() < deadline:
+        if not waited:
+            print(f"  load average {load:.2f} > {max_load}: waiting up to {max_wait:.0f} s for a quieter "
+                  "machine", flush=True)
+            waited = True
+        time.sleep(5)
+        load = os.getloadavg()[0]
+    if load > max_load:
+        print(f"  WARNING: measuring under load {load:.2f} (> {max_load}); figures are pessimistic",
+              flush=True)
+    return load
+
+
+async def start_worker(discovery: Path, model: Path, role: str, name: str, *extra: str,
+                       env: dict[str, str] | None = None, timeout: float = 240) -> WorkerProcess:
+    """`python -m dynamo.vllm` in its own process group (engine-core children included)."""
+    args = [*engine_flags(model), "--served-model-name", MODEL_NAME, *extra]
+    if role != "agg":
+        args += ["--disaggregation-mode", role]
+    w = WorkerProcess("vllm", args, discovery, namespace="bench", name=name,
+                      env={**ENGINE_ENV[role], **(env or {})})
+    track(w.pid)
+    try:
+        await w.wait_registered(timeout)
+    except BaseException:
+        await w.close()
+        raise
+    return w
+
+
+def kill_group(proc: subprocess.Popen | asyncio.subprocess.Process, grace: float = 20) -> None:
+    """SIGTERM the process group `proc` leads, then SIGKILL whatever is left of it."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        if isinstance(proc, subprocess.Popen):
+            proc.poll()  # reap the leader so the group can disappear
+        time.sleep(0.1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+async def run_phases(argv: Sequence[str], timeout: float, env: dict[str, str]) -> list[dict]:
+    """Run `python ARGV` in its own process group; it prints one `RESULT {json}` line per phase (other
+    lines, e.g. vLLM's logs, are ignored) and exits. Returns the JSON objects; kills the group."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, limit=1 << 26,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env}, start_new_session=True)
+    track(proc.pid)
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr = asyncio.ensure_future(proc.stderr.read())
+    results: list[dict] = []
+
+    async def read() -> None:
+        while line := await proc.stdout.readline():  # type: ignore[union-attr]
+            text = line.decode().strip()
+            if text.startswith(RESULT):
+                results.append(json.loads(text[len(RESULT):]))
+        await proc.wait()
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:2])} failed ({proc.returncode}):\n"
+                               f"{(await stderr).decode(errors='replace')[-4000:]}")
+        return results
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        try:  # engine-core children of a child that exited
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        stderr.cancel()
+
+
+def kv_bytes_per_token(model: Path, dtype_bytes: int = 4) -> int:
+    """K and V of one token in every layer: 2 x layers x kv_heads x head_dim x dtype bytes."""
+    cfg = json.loads((model / "config.json").read_text())
+    heads = cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads", heads)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    return 2 * cfg["num_hidden_layers"] * kv_heads * head_dim * dtype_bytes
+
+
+def nixl_transfer_mb(log: str) -> tuple[int, float] | None:
+    """(successful transfers, mean MB per transfer) over the "KV Transfer metrics" lines vLLM's
+    logging stat logger wrote on the decode side, or None when it wrote none."""
+    n, mb = 0, 0.0
+    for line in log.splitlines():
+        if "KV Transfer metrics:" not in line:
+            continue
+        fields = dict(kv.split("=", 1) for kv in line.split("KV Transfer metrics:", 1)[1].split(", ") if "=" in kv)
+        try:
+            k = int(fields["Num successful transfers"])
+            avg = float(fields["Avg MB per transfer"])
+        except (KeyError, ValueError):
+            continue
+        n += k
+        mb += k * avg
+    return (n, mb / n) if n else None
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all processes, all cores) since boot."""
+    t = psutil.cpu_times()
+    total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)  # guest is inside user
+    return total - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _own_seconds(pids: Sequence[int]) -> float:
+    """CPU seconds of this process, its reaped children and the live trees under `pids`."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return process_cpu(list(pids)) + me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class CpuWindow:
+    """How many cores OTHER people's processes used while we measured: the machine's busy time
+    minus ours (this process, its children, the trees under `pids`) over the window."""
+
+    def __init__(self, pids: Sequence[int] = ()) -> None:
+        self.pids = list(pids)
+        self.t0 = time.monotonic()
+        self.busy0 = _busy_seconds()
+        self.own0 = _own_seconds(self.pids)
+
+    def others(self) -> float:
+        dt = time.monotonic() - self.t0
+        busy = _busy_seconds() - self.busy0
+        own = _own_seconds(self.pids) - self.own0
+        return max(0.0, (busy - own) / dt) if dt > 0 else float("nan")
+
+
+def fmt_ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1e3:.1f} ms"

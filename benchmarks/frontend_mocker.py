@@ -1,0 +1,201 @@
+"""Output tokens/s through the whole serving path: HTTP frontend -> gRPC -> mocker worker(s).
+
+    .venv/bin/python benchmarks/frontend_mocker.py [--workers 1] [--requests 256] [--requests-c1 32]
+                                                  [--max-tokens 128] [--profile]
+
+Starts `python -m dynamo.frontend` and --workers `python -m dynamo.mocker --speedup-ratio 1000`
+processes (file discovery), then drives streaming chat completions (max_tokens 128, ignore_eos,
+stream_options.include_usage) from an independent load-generator process (benchmarks/_loadgen.py
+http: raw asyncio sockets, HTTP/1.1 keep-alive, SSE parsing; completion tokens come from the final
+usage chunk) at concurrency 64 and 1. The baseline, measured in the same run at the same
+concurrency, is the first mocker worker alone through gRPC (_loadgen.py grpc), so the ratio shows
+what the HTTP layer costs.
+
+Prints one table: output tokens/s, TTFT p50/p99, mean ITL, tokens per SSE content chunk (per gRPC
+message for the baseline), CPU cores used by the load generator and by the servers, the ratio to
+the baseline, and a second table splitting the servers' CPU into frontend and workers.
+With --profile (needs `pip install py-spy`), the frontend is sampled during the c=64 HTTP run and
+its top functions (self and inclusive) are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks._common import (  # noqa: E402
+    HEADER,
+    LEGEND,
+    ensure_tiny_model,
+    row,
+    run_loadgen,
+    run_main,
+    summarise,
+    track,
+)
+from tests.worker_process import WorkerProcess, free_port  # noqa: E402
+
+MODEL_NAME = "tiny"
+
+
+class Frontend:
+    """`python -m dynamo.frontend` on a free port, in its own process group."""
+
+    def __init__(self, discovery: Path, namespace: str) -> None:
+        self.port = free_port()
+        self.log_path = Path(tempfile.mkstemp(prefix="bench-frontend-", suffix=".log")[1])
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(self.port),
+             "--namespace", namespace, "--discovery-backend", "file", "--discovery-dir", str(discovery),
+             "--log-level", "warning"],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+        track(self.proc.pid)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except (urllib.error.URLError, OSError):  # not up yet, or too busy to answer in time
+            return 0, ""
+
+    async def wait_ready(self, model: str, timeout: float) -> None:
+        """Until /v1/models lists `model` and /health says its tokenizer is loaded."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"frontend exited with {self.proc.returncode}:\n"
+                                   f"{self.log_path.read_text()[-3000:]}")
+            status, body = await asyncio.to_thread(self._get, "/health")
+            if status == 200 and model in json.loads(body).get("ready", []):
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"frontend did not serve {model!r} within {timeout} s:\n"
+                           f"{self.log_path.read_text()[-3000:]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+async def start_workers(n: int, discovery: Path, speedup: float) -> list[WorkerProcess]:
+    model = ensure_tiny_model()
+    workers = []
+    try:
+        for i in range(n):
+            w = WorkerProcess("mocker", ["--model", str(model), "--served-model-name", MODEL_NAME,
+                                         "--speedup-ratio", str(speedup)], discovery, namespace="bench",
+                              name=f"mocker{i}")
+            track(w.pid)
+            workers.append(w)
+        for w in workers:
+            await w.wait_registered(60)
+    except BaseException:
+        for w in workers:
+            await w.close()
+        raise
+    return workers
+
+
+async def run(a: argparse.Namespace) -> None:
+    t_start = time.monotonic()
+    ensure_tiny_model()
+    lines = [HEADER]
+    split = [f"{'run':<34} {'c':>3} {'frontend':>8} {'workers':>8} {'client':>7}  (CPU cores)"]
+    profile_text = ""
+    with tempfile.TemporaryDirectory(prefix="bench-frontend-mocker-") as d:
+        discovery = Path(d)
+        workers: list[WorkerProcess] = []
+        frontend: Frontend | None = None
+        try:
+            workers = await start_workers(a.workers, discovery, a.speedup)
+            frontend = Frontend(discovery, "bench")
+            await frontend.wait_ready(MODEL_NAME, 90)
+            pids = [frontend.proc.pid] + [w.pid for w in workers]
+            for concurrency, requests in ((64, a.requests), (1, a.requests_c1)):
+                common = ["--concurrency", str(concurrency), "--requests", str(requests),
+                          "--max-tokens", str(a.max_tokens), "--prompt-len", str(a.prompt_len),
+                          "--warmup", str(min(concurrency, requests))]
+                sampler = None
+                if a.profile and concurrency == 64:
+                    from benchmarks._profile import Sampler
+                    sampler = Sampler(frontend.proc.pid, Path(tempfile.gettempdir()) / "frontend_mocker.pyspy.txt")
+                try:
+                    raw, cpu = await run_loadgen(["http", "--url", frontend.url, "--model", MODEL_NAME, *common],
+                                                 a.timeout, pids)
+                finally:
+                    if sampler is not None:
+                        from benchmarks._profile import summarise as summarise_profile
+                        out = sampler.stop()
+                        profile_text = f"(collapsed stacks: {out})\n" + summarise_profile(out)
+                http = summarise(f"HTTP frontend + {a.workers} mocker", concurrency, raw, cpu,
+                                 expected_tokens=requests * a.max_tokens)
+                split.append(f"{http.label:<34} {concurrency:>3} {cpu[0] / http.wall:>8.2f} "
+                             f"{sum(cpu[1:]) / http.wall:>8.2f} {http.client_cores:>7.2f}")
+                w0 = workers[0]
+                assert w0.record is not None
+                raw, cpu = await run_loadgen(["grpc", "--target", w0.record.target, "--model", MODEL_NAME,
+                                              *common], a.timeout, [w0.pid])
+                base = summarise("gRPC, 1 mocker alone (baseline)", concurrency, raw, cpu,
+                                 expected_tokens=requests * a.max_tokens)
+                split.append(f"{base.label:<34} {concurrency:>3} {'-':>8} {base.server_cores:>8.2f} "
+                             f"{base.client_cores:>7.2f}")
+                lines += [row(http, base), row(base)]
+                print(lines[-2] + "\n" + lines[-1], flush=True)
+        finally:
+            if frontend is not None:
+                frontend.close()
+            for w in workers:
+                await w.close()
+                w.log_path.unlink(missing_ok=True)
+    print(f"\nstreaming chat completions, {a.max_tokens} output tokens each (ignore_eos), mocker speedup "
+          f"{a.speedup:g}; total {time.monotonic() - t_start:.0f} s")
+    print("\n".join(lines))
+    print(LEGEND + "\ntok/msg: output tokens per SSE content chunk (HTTP) or per gRPC message (baseline).")
+    print("\n" + "\n".join(split))
+    if profile_text:
+        print("\npy-spy profile of the frontend during the c=64 HTTP run:\n" + profile_text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, default=1, help="mocker worker processes")
+    p.add_argument("--requests", type=int, default=256, help="requests at c=64")
+    p.add_argument("--requests-c1", type=int, default=32, help="requests at c=1")
+    p.add_argument("--speedup", type=float, default=1000.0, help="the workers' --speedup-ratio")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt size (gRPC tokens; HTTP about half as many words)")
+    p.add_argument("--timeout", type=float, default=180.0, help="limit per load-generator run, seconds")
+    p.add_argument("--profile", action="store_true", help="sample the frontend with py-spy during the c=64 run")
+    run_main(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

