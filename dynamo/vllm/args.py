@@ -20,7 +20,7 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 #: the roles a vLLM worker can take; "agg" runs prefill and decode itself
 ROLES = ("agg", "prefill", "decode")
 NIXL_PORT_ENV = "VLLM_NIXL_SIDE_CHANNEL_PORT"
-NIXL_PROGRESS_THREAD_ENV = "DYN_NIXL_PROGRESS_THREAD"
+NIXL_PROGRESS_DELAY_ENV = "DYN_NIXL_PROGRESS_DELAY_US"
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -75,7 +75,7 @@ def configure_disaggregation(engine_args: AsyncEngineArgs, role: str) -> AsyncEn
         os.environ[NIXL_PORT_ENV] = str(free_port())
     if current_platform.is_cpu():
         # NIXL's progress thread spins a whole core even when idle; see dynamo.vllm.nixl_plugin.
-        os.environ.setdefault(NIXL_PROGRESS_THREAD_ENV, "0")
+        os.environ.setdefault(NIXL_PROGRESS_DELAY_ENV, "200")
     return dataclasses.replace(engine_args, kv_transfer_config=transfer)
 
 

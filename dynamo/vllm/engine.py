@@ -68,6 +68,7 @@ class VllmEngine(LLMEngine):
         self._llm: AsyncLLM | None = None
         self._stats = StatsSink()
         self._kv_subscriber: KvEventSubscriber | None = None
+        self._log_stats_task: asyncio.Task[None] | None = None
         self.info: EngineInfo | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -83,11 +84,26 @@ class VllmEngine(LLMEngine):
         except Exception as exc:
             raise EngineError(f"vLLM failed to start for model {self.engine_args.model!r}: {exc}") from exc
         await self._subscribe_kv_events()
+        if not self.engine_args.disable_log_stats:
+            self._log_stats_task = asyncio.create_task(self._log_stats_periodically(), name="vllm stats log")
         self.info = self._engine_info()
         log.info("vLLM engine ready (role %s): %s", self.role, self.info)
         return self.info
 
+    async def _log_stats_periodically(self) -> None:
+        """What vLLM's own server does: log throughput, KV usage and KV-transfer counts every
+        VLLM_LOG_STATS_INTERVAL seconds (vLLM only logs when asked)."""
+        import vllm.envs as envs
+
+        while self._llm is not None:
+            await asyncio.sleep(envs.VLLM_LOG_STATS_INTERVAL)
+            if self._llm is not None:
+                await self._llm.do_log_stats()
+
     async def shutdown(self) -> None:
+        if self._log_stats_task is not None:
+            self._log_stats_task.cancel()
+            self._log_stats_task = None
         if self._kv_subscriber is not None:
             self._kv_subscriber.close()
             self._kv_subscriber = None

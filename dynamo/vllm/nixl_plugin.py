@@ -1,38 +1,54 @@
-"""A vLLM general plugin (loaded by vLLM in every process it starts, engine workers included) that
-turns NIXL's progress thread off when DYN_NIXL_PROGRESS_THREAD=0.
+"""A vLLM general plugin (vLLM loads it in every process it starts, engine workers included) that
+makes NIXL's progress thread sleep between polls when DYN_NIXL_PROGRESS_DELAY_US is set.
 
-Why: vLLM's NixlConnector creates its NIXL agent with the progress thread on, and that thread
-polls with no delay: an idle prefill or decode worker burns a whole core. On CPU machines (DRAM
-transfers, few cores) that starves the engines themselves; transfers still progress without it
-because vLLM polls transfer state every engine step. The worker sets the variable on CPU platforms
-(see dynamo.vllm.args.configure_disaggregation); GPU nodes keep NIXL's default.
+Why: vLLM's NixlConnector runs NIXL's progress thread, and NIXL's Python API starts it with a
+delay of 0, so it polls without pause: an idle prefill or decode worker burns a whole core. On
+CPU machines (DRAM transfers, few cores) that starves the engines themselves. The thread cannot
+simply be switched off: vLLM relies on it to progress UCX notifications. A delay of a few hundred
+microseconds keeps transfers moving at a tiny CPU cost. dynamo.vllm sets the variable on CPU
+platforms (see dynamo.vllm.args.configure_disaggregation); GPU nodes keep NIXL's default.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-ENV = "DYN_NIXL_PROGRESS_THREAD"
+ENV = "DYN_NIXL_PROGRESS_DELAY_US"
+
+
+class _BindingsWithDelay:
+    """Stands in for NIXL's native bindings module; sets pthrDelay on every agent it creates."""
+
+    def __init__(self, bindings: Any, delay_us: int) -> None:
+        self._bindings = bindings
+        self._delay_us = delay_us
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bindings, name)
+
+    def nixlAgent(self, name: str, config: Any) -> Any:  # noqa: N802 (NIXL's name)
+        config.pthrDelay = self._delay_us
+        return self._bindings.nixlAgent(name, config)
 
 
 def register() -> None:
-    if os.environ.get(ENV, "1") != "0":
+    raw = os.environ.get(ENV)
+    if not raw:
         return
     try:
-        from nixl._api import nixl_agent_config
+        delay_us = int(raw)
+    except ValueError:
+        log.warning("ignoring %s=%r: not an integer number of microseconds", ENV, raw)
+        return
+    try:
+        import nixl._api as api  # the platform build (nixl_cu12/cu13) registers itself under this name
     except ImportError:
         return
-    if getattr(nixl_agent_config, "_dynamo_patched", False):
+    if isinstance(api.nixlBind, _BindingsWithDelay):
         return
-    original_init = nixl_agent_config.__init__
-
-    def init_without_progress_thread(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        kwargs["enable_prog_thread"] = False
-        original_init(self, *args, **kwargs)
-
-    nixl_agent_config.__init__ = init_without_progress_thread  # type: ignore[method-assign]
-    nixl_agent_config._dynamo_patched = True  # type: ignore[attr-defined]
-    log.info("NIXL progress thread disabled (%s=0)", ENV)
+    api.nixlBind = _BindingsWithDelay(api.nixlBind, delay_us)
+    log.info("NIXL progress thread polls every %d µs (%s)", delay_us, ENV)

@@ -34,7 +34,8 @@ MOCKER = BackendSpec(
     real_weights=False,
 )
 
-_VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "INFO"}
+_VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "INFO",
+             "VLLM_LOG_STATS_INTERVAL": "2"}
 VLLM = BackendSpec(
     name="vllm",
     args=lambda model: ["--model", str(model), "--dtype", "float32", "--enforce-eager",
