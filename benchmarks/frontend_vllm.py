@@ -22,8 +22,8 @@ c=16 run of our stack (which perturbs its figures a little).
 
 from __future__ import annotations
 
-import asyncio
 import argparse
+import asyncio
 import os
 import signal
 import subprocess
@@ -105,6 +105,11 @@ class Measured:
     split: list[float]  # CPU cores of each server process tree
 
 
+def best(a: Measured | None, b: Measured) -> Measured:
+    """Of two repetitions, the faster: on a shared machine the slower one met more interference."""
+    return b if a is None or b.result.tok_s > a.result.tok_s else a
+
+
 async def measure(url: str, pids: list[int], label: str, a: argparse.Namespace, concurrency: int,
                   requests: int) -> Measured:
     window = CpuWindow(pids)
@@ -143,8 +148,11 @@ async def run(a: argparse.Namespace) -> None:
                     samplers = [("frontend", Sampler(frontend.proc.pid, tmp / "frontend_vllm.frontend.pyspy.txt")),
                                 ("worker", Sampler(worker.pid, tmp / "frontend_vllm.worker.pyspy.txt"))]
                 try:
-                    ours[c] = await measure(frontend.url, [frontend.proc.pid, worker.pid],
-                                            "dynamo frontend + vllm worker", a, c, n)
+                    for _ in range(a.repeat):
+                        ours[c] = best(ours.get(c), await measure(frontend.url, [frontend.proc.pid, worker.pid],
+                                                                   "dynamo frontend + vllm worker", a, c, n))
+                        if samplers:
+                            break  # a profiled run only once
                 finally:
                     from benchmarks._profile import summarise as summarise_profile
                     for name, s in samplers:
@@ -161,7 +169,9 @@ async def run(a: argparse.Namespace) -> None:
         await server.wait_ready(240)
         print(f"vLLM server ready in {time.monotonic() - t:.0f} s", flush=True)
         for c, n in levels:
-            theirs[c] = await measure(server.url, [server.proc.pid], "vLLM api_server (baseline)", a, c, n)
+            for _ in range(a.repeat):
+                theirs[c] = best(theirs.get(c), await measure(server.url, [server.proc.pid],
+                                                              "vLLM api_server (baseline)", a, c, n))
     finally:
         server.close()
     report(a, ours, theirs, load, time.monotonic() - t_start)
@@ -173,7 +183,8 @@ def report(a: argparse.Namespace, ours: dict[int, Measured], theirs: dict[int, M
            total: float) -> None:
     print(f"\nstreaming chat completions, {a.max_tokens} output tokens (ignore_eos), ~{a.prompt_len}-token "
           f"prompts; tiny model, engine pinned to core 0; load average {load:.2f} at start, now "
-          f"{os.getloadavg()[0]:.2f}; total {total:.0f} s")
+          f"{os.getloadavg()[0]:.2f}; total {total:.0f} s; each row the fastest of {a.repeat} repetitions "
+          "(the same prompts: later ones hit the prefix cache, in both servers alike)")
     print(HEADER + f" {'others':>6}")
     for c in sorted(ours):
         print(row(ours[c].result, theirs[c].result) + f" {ours[c].others:>6.2f}")
@@ -207,6 +218,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=64, help="prompt size (about half as many words)")
     p.add_argument("--profile", action="store_true", help="sample frontend and worker with py-spy during c=16")
+    p.add_argument("--repeat", type=int, default=2, help="measure each level this often; keep the fastest")
     p.add_argument("--timeout", type=float, default=120.0, help="limit per load-generator run, seconds")
     p.add_argument("--time-limit", type=float, default=360.0, help="limit for the whole run, seconds")
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average below this")

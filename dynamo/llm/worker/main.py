@@ -17,7 +17,7 @@ from dynamo.llm.proto import worker_pb2_grpc as pb_grpc
 from dynamo.llm.protocol import EngineInfo, GenerateRequest, StopConditions
 from dynamo.llm.worker.args import WorkerConfig
 from dynamo.llm.worker.handlers import make_handler
-from dynamo.llm.worker.metrics import WorkerMetrics
+from dynamo.llm.worker.metrics import BoundWorkerMetrics, WorkerMetrics
 from dynamo.llm.worker.servicer import SERVICE_NAME, WorkerServicer
 from dynamo.runtime.runtime import DistributedRuntime
 
@@ -134,7 +134,8 @@ class _HealthState:
         return self.healthy, self.reason
 
 
-async def _health_loop(engine: LLMEngine, servicer: WorkerServicer, metrics, runtime: DistributedRuntime,
+async def _health_loop(engine: LLMEngine, servicer: WorkerServicer, metrics: BoundWorkerMetrics,
+                       runtime: DistributedRuntime,
                        health: _HealthState, config: WorkerConfig, info: EngineInfo) -> None:
     """Every few seconds: engine liveness and stats; when idle for --canary-interval, a 1-token
     generation proves the engine really generates (prefill workers skip it: a prefill holds KV
@@ -158,8 +159,10 @@ async def _health_loop(engine: LLMEngine, servicer: WorkerServicer, metrics, run
             last_canary = now
             try:
                 await asyncio.wait_for(_canary(engine, info), 30)
+                metrics.canary("success")
             except Exception as e:
                 ok, reason = False, f"canary generation failed: {e!r}"
+                metrics.canary("failure")
         if ok != health.healthy:
             log.warning("worker is now %s%s", "healthy" if ok else "UNHEALTHY", f": {reason}" if reason else "")
             await runtime.server.set_serving(ok)

@@ -26,6 +26,8 @@ class WorkerMetrics:
                                      "Requests cancelled by the client")
         self.prefills = counter("dynamo_worker_prefills_total",
                                 "Decode role: prompts prefilled remotely vs locally", ("location",))
+        self.canaries = counter("dynamo_worker_canary_requests_total",
+                                "Health canary generations by result", ("result",))
         self.inflight = Gauge("dynamo_worker_inflight_requests", "Generate streams open", names,
                               registry=registry)
         self.ttft = Histogram("dynamo_worker_time_to_first_token_seconds",
@@ -70,6 +72,9 @@ class BoundWorkerMetrics:
 
     def error(self, kind: str) -> None:
         self._m.errors.labels(**self._m.labels, kind=kind).inc()
+
+    def canary(self, result: str) -> None:
+        self._m.canaries.labels(**self._m.labels, result=result).inc()
 
     def prefill(self, location: str) -> None:
         self._m.prefills.labels(**self._m.labels, location=location).inc()

@@ -73,6 +73,7 @@ class EndpointClient:
         self._watcher = watcher
         self._watcher.on_change(self._on_change)
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._callables: dict[tuple[object, ...], grpc.aio.UnaryStreamMultiCallable] = {}
         self._inflight: dict[str, int] = {}
         self._rr = itertools.count()
 
@@ -139,9 +140,8 @@ class EndpointClient:
         naming the instance; other gRPC errors propagate as grpc.aio.AioRpcError.
         """
         rec = record or self.select(instance_id=instance_id)
-        callable_ = self.channel(rec).unary_stream(method, request_serializer=request_serializer,
-                                                   response_deserializer=response_deserializer)
-        call = callable_(request, timeout=timeout, metadata=metadata)
+        call = self._callable(rec, method, request_serializer, response_deserializer)(
+            request, timeout=timeout, metadata=metadata)
         self._inflight[rec.instance_id] = self._inflight.get(rec.instance_id, 0) + 1
         try:
             while True:
@@ -157,8 +157,22 @@ class EndpointClient:
             if not call.done():
                 call.cancel()
 
+    def _callable(self, record: InstanceRecord, method: str, serializer: Callable[[Any], bytes] | None,
+                  deserializer: Callable[[bytes], Any] | None) -> grpc.aio.UnaryStreamMultiCallable:
+        """One multi-callable per (instance, method, codecs): building it per call costs CPU."""
+        key = (record.instance_id, method, serializer, deserializer)
+        fn = self._callables.get(key)
+        if fn is None:
+            fn = self.channel(record).unary_stream(method, request_serializer=serializer,
+                                                   response_deserializer=deserializer,
+                                                   _registered_method=True)
+            self._callables[key] = fn
+        return fn
+
     def _on_change(self, instance_id: str, record: InstanceRecord | None) -> None:
         if record is None:
+            for key in [k for k in self._callables if k[0] == instance_id]:
+                del self._callables[key]
             ch = self._channels.pop(instance_id, None)
             if ch is not None:
                 # Let calls still running on it end on their own; close in the background.
