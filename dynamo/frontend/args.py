@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from dynamo.runtime.config import add_discovery_args
+
 ROUTER_MODES = ("round-robin", "random", "least-loaded")
 DISCOVERY_BACKENDS = ("file", "etcd")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -19,7 +21,7 @@ class FrontendConfig:
     namespace: str = "dynamo"
     discovery_backend: str = "file"
     discovery_dir: str | None = None  # file backend; None: the backend's own default
-    etcd_endpoints: str = "http://127.0.0.1:2379"  # comma-separated
+    etcd_endpoints: str = "127.0.0.1:2379"  # comma-separated
     router_mode: str = "round-robin"
     migration_limit: int = 0  # how many times a broken stream may move to another worker
     api_key: str | None = None
@@ -31,10 +33,6 @@ class FrontendConfig:
 _ENV: dict[str, tuple[tuple[str, ...], type]] = {
     "http_host": (("DYN_HTTP_HOST",), str),
     "http_port": (("DYN_HTTP_PORT",), int),
-    "namespace": (("DYN_NAMESPACE",), str),
-    "discovery_backend": (("DYN_DISCOVERY_BACKEND",), str),
-    "discovery_dir": (("DYN_DISCOVERY_DIR", "DYN_FILE_KV"), str),
-    "etcd_endpoints": (("DYN_ETCD_ENDPOINTS", "ETCD_ENDPOINTS"), str),
     "router_mode": (("DYN_ROUTER_MODE",), str),
     "migration_limit": (("DYN_MIGRATION_LIMIT",), int),
     "api_key": (("DYN_API_KEY",), str),
@@ -66,14 +64,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p.add_argument("--http-host", default=d["http_host"], help="address to listen on [DYN_HTTP_HOST]")
     p.add_argument("--http-port", type=int, default=d["http_port"],
                    help="port to listen on [DYN_HTTP_PORT]")
-    p.add_argument("--namespace", default=d["namespace"],
-                   help="namespace whose workers are served [DYN_NAMESPACE]")
-    p.add_argument("--discovery-backend", choices=DISCOVERY_BACKENDS,
-                   default=d["discovery_backend"], help="[DYN_DISCOVERY_BACKEND]")
-    p.add_argument("--discovery-dir", default=d["discovery_dir"],
-                   help="directory of the file discovery backend [DYN_DISCOVERY_DIR]")
-    p.add_argument("--etcd-endpoints", default=d["etcd_endpoints"],
-                   help="comma-separated etcd URLs [DYN_ETCD_ENDPOINTS]")
+    add_discovery_args(p, env)  # --namespace, --discovery-backend, --discovery-dir, --etcd-endpoints
     p.add_argument("--router-mode", choices=ROUTER_MODES, default=d["router_mode"],
                    help="how a worker is picked for each request [DYN_ROUTER_MODE]")
     p.add_argument("--migration-limit", type=int, default=d["migration_limit"],

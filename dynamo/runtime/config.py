@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -21,8 +22,8 @@ def env_int(var: str, default: int | None) -> int | None:
         raise SystemExit(f"environment variable {var}={raw!r} must be an integer") from None
 
 
-def env_float(var: str, default: float) -> float:
-    raw = os.environ.get(var)
+def env_float(var: str, default: float, env: Mapping[str, str] | None = None) -> float:
+    raw = (os.environ if env is None else env).get(var)
     if raw is None or raw == "":
         return default
     try:
@@ -31,19 +32,22 @@ def env_float(var: str, default: float) -> float:
         raise SystemExit(f"environment variable {var}={raw!r} must be a number") from None
 
 
-def add_discovery_args(parser: argparse.ArgumentParser) -> None:
+def add_discovery_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
+    """The discovery flags of every process (workers, frontend, CLI); defaults from `env`
+    (os.environ unless given)."""
+    env = os.environ if env is None else env
     g = parser.add_argument_group("discovery")
-    g.add_argument("--namespace", default=env_default("DYN_NAMESPACE", "dynamo"),
+    g.add_argument("--namespace", default=env.get("DYN_NAMESPACE") or "dynamo",
                    help="Dynamo namespace to register in / watch (env DYN_NAMESPACE; default: dynamo)")
     g.add_argument("--discovery-backend", choices=("file", "etcd"),
-                   default=env_default("DYN_DISCOVERY_BACKEND", "file"),
+                   default=env.get("DYN_DISCOVERY_BACKEND") or "file",
                    help="file: embedded, one shared directory (single machine); etcd: many machines "
                         "(env DYN_DISCOVERY_BACKEND; default: file)")
-    g.add_argument("--discovery-dir", default=env_default("DYN_FILE_KV", None),
+    g.add_argument("--discovery-dir", default=env.get("DYN_FILE_KV") or None,
                    help="directory of the file backend (env DYN_FILE_KV; default ~/.cache/dynamo/discovery)")
-    g.add_argument("--etcd-endpoints", default=env_default("ETCD_ENDPOINTS", "127.0.0.1:2379"),
+    g.add_argument("--etcd-endpoints", default=env.get("ETCD_ENDPOINTS") or "127.0.0.1:2379",
                    help="comma-separated etcd endpoints host:port (env ETCD_ENDPOINTS)")
-    g.add_argument("--discovery-ttl", type=float, default=env_float("DYN_DISCOVERY_TTL", 10.0),
+    g.add_argument("--discovery-ttl", type=float, default=env_float("DYN_DISCOVERY_TTL", 10.0, env),
                    help="seconds a dead process stays registered (lease TTL; env DYN_DISCOVERY_TTL)")
 
 

@@ -18,7 +18,7 @@ def test_defaults() -> None:
 def test_env_then_flag_precedence() -> None:
     env = {"DYN_HTTP_PORT": "9001", "DYN_NAMESPACE": "prod", "DYN_ROUTER_MODE": "random",
            "DYN_MIGRATION_LIMIT": "3", "DYN_API_KEY": "k", "DYN_DISCOVERY_BACKEND": "etcd",
-           "DYN_ETCD_ENDPOINTS": "http://e:2379", "DYN_DISCOVERY_DIR": "/d"}
+           "ETCD_ENDPOINTS": "http://e:2379", "DYN_FILE_KV": "/d"}
     c = parse_args([], env=env)
     assert (c.http_port, c.namespace, c.router_mode, c.migration_limit, c.api_key,
             c.discovery_backend, c.etcd_endpoints, c.discovery_dir) == (

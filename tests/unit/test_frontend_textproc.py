@@ -23,12 +23,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        return Path(request.getfixturevalue("tiny_model_dir"))
-    except pytest.FixtureLookupError:  # the shared session fixture is not there: build our own
-        from dynamo.llm.tiny_model import build_tiny_model
-        return build_tiny_model(tmp_path_factory.getbasetemp() / "frontend-tiny-model")
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
