@@ -28,8 +28,12 @@ RESULT = "RESULT "  # prefix of the JSON lines a child benchmark process prints
 ENGINE_ENV = VLLM.env
 
 
+#: extra vLLM flags for every engine of a run (the scripts' --engine-flags; env so children see it)
+EXTRA_FLAGS_ENV = "DYN_BENCH_EXTRA_ENGINE_FLAGS"
+
+
 def engine_flags(model: Path) -> list[str]:
-    return VLLM.args(model)
+    return [*VLLM.args(model), *os.environ.get(EXTRA_FLAGS_ENV, "").split()]
 
 
 def wait_quiet(max_load: float, max_wait: float) -> float:
@@ -162,7 +166,10 @@ def _own_seconds(pids: Sequence[int]) -> float:
     """CPU seconds of this process, its reaped children and the live trees under `pids`."""
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return process_cpu(list(pids)) + me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    own = process_cpu([p for p in pids if p != os.getpid()]) + kids.ru_utime + kids.ru_stime
+    if os.getpid() in pids:  # with its live children
+        return own + process_cpu([os.getpid()])
+    return own + me.ru_utime + me.ru_stime
 
 
 class CpuWindow:

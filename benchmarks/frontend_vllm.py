@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks._common import HEADER, LEGEND, Result, ensure_tiny_model, row, run_loadgen, summarise, track  # noqa: E402
 from benchmarks._vllm_common import (  # noqa: E402
     ENGINE_ENV,
+    EXTRA_FLAGS_ENV,
     MODEL_NAME,
     CpuWindow,
     engine_flags,
@@ -221,10 +222,14 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2, help="measure each level this often; keep the fastest")
     p.add_argument("--timeout", type=float, default=120.0, help="limit per load-generator run, seconds")
     p.add_argument("--time-limit", type=float, default=360.0, help="limit for the whole run, seconds")
+    p.add_argument("--engine-flags", default="", help="extra vLLM flags for every engine, e.g. "
+                   "'--distributed-executor-backend uni'")
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average below this")
     p.add_argument("--max-wait", type=float, default=180.0, help="longest wait for that, seconds")
     a = p.parse_args()
     signal.signal(signal.SIGTERM, interrupt)
+    if a.engine_flags:
+        os.environ[EXTRA_FLAGS_ENV] = a.engine_flags
     try:  # waiting for a quiet machine (up to --max-wait) does not count against --time-limit
         asyncio.run(asyncio.wait_for(run(a), a.time_limit + a.max_wait))
     except TimeoutError:

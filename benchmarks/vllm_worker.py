@@ -22,7 +22,10 @@ Prints a table (out tok/s, TTFT p50/p99, mean ITL, tokens per message, CPU cores
 generator / the server processes, ratio to the in-process run of the same phase, and `others`: cores
 used by other people's processes on this machine during the phase), the throughput ratio (goal
 >= 0.95) and the TTFT p50 overhead (goal <= 2 ms), and the KV bytes a disaggregated request moves
-(computed from config.json, and the mean NIXL transfer size vLLM logged on the decode side).
+(computed from config.json; plus the mean NIXL transfer size if vLLM's "KV Transfer metrics" log line
+shows up on the decode worker, which it did not in our runs). Each phase runs --repeat times (other
+prompts each time) and the fastest repetition is kept; the per-repetition figures are printed too.
+--engine-flags adds vLLM flags to every engine (to try engine settings on both sides alike).
 With --profile (needs `pip install py-spy`), the worker process is sampled during the c=16 run.
 """
 
@@ -41,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -56,6 +61,7 @@ from benchmarks._common import (  # noqa: E402
 )
 from benchmarks._vllm_common import (  # noqa: E402
     ENGINE_ENV,
+    EXTRA_FLAGS_ENV,
     MODEL_NAME,
     RESULT,
     CpuWindow,
@@ -66,6 +72,11 @@ from benchmarks._vllm_common import (  # noqa: E402
     start_worker,
     wait_quiet,
 )
+
+
+# vLLM logs (and resets) its NIXL transfer stats every VLLM_LOG_STATS_INTERVAL s, at DEBUG level when
+# the engine looks idle, which a c=1 decode engine mostly does while it waits for the prefill.
+DECODE_STATS_ENV = {"VLLM_LOG_STATS_INTERVAL": "1", "VLLM_LOGGING_LEVEL": "DEBUG"}
 
 
 @dataclasses.dataclass
@@ -108,6 +119,9 @@ async def inprocess(a: argparse.Namespace) -> None:
 
     parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())  # type: ignore[arg-type]
     engine_args = AsyncEngineArgs.from_cli_args(parser.parse_args(engine_flags(Path(a.model_dir))))
+    if a.kv_events:  # what the worker adds to the user's flags (a ZMQ publisher of KV events)
+        from dynamo.vllm.args import configure_kv_events
+        engine_args = configure_kv_events(engine_args)
     llm = AsyncLLM.from_engine_args(engine_args)
     try:
         for spec in json.loads(a.inprocess):
@@ -149,6 +163,19 @@ async def inprocess(a: argparse.Namespace) -> None:
 class Measured:
     result: Result
     others: float  # cores other people's processes used meanwhile
+    front_cpu: float  # CPU s of the process running AsyncLLM's front end (worker / benchmark), not children
+    front_tokens: int  # output tokens produced while front_cpu was measured
+
+    @property
+    def front_us_per_token(self) -> float:
+        return self.front_cpu / self.front_tokens * 1e6
+
+
+def own_cpu(pid: int) -> float:
+    """CPU seconds of one process, without its children (measured while the load generator runs,
+    so it includes the warm-up: a few requests of the first repetition)."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def best(a: Measured | None, b: Measured) -> Measured:
@@ -167,6 +194,7 @@ async def measure_worker(target: str, pids: list[int], phases: list[Phase], labe
             sampler = Sampler(profile_pid, Path(tempfile.gettempdir()) / "vllm_worker.pyspy.txt")
         for k in range(repeat):
             window = CpuWindow(pids)
+            front0 = own_cpu(pids[-1])
             args = ph.repetition(k).loadgen_args()
             try:
                 raw, cpu = await run_loadgen(["grpc", "--target", target, "--model", MODEL_NAME, *args], timeout, pids)
@@ -177,7 +205,9 @@ async def measure_worker(target: str, pids: list[int], phases: list[Phase], labe
                     sampler = None
                     profile_text = f"(collapsed stacks: {path})\n" + summarise_profile(path)
             res = summarise(label, ph.concurrency, raw, cpu, expected_tokens=ph.requests * ph.max_tokens)
-            m = Measured(res, window.others())
+            rep = ph.repetition(k)
+            m = Measured(res, window.others(), own_cpu(pids[-1]) - front0,
+                         (rep.requests + rep.warmup) * rep.max_tokens)
             print(f"  {label} {ph.name}: {res.tok_s:,.0f} tok/s, TTFT p50 {res.ttft_p50 * 1e3:.1f} ms, "
                   f"others {m.others:.2f} cores", flush=True)
             out[ph.name] = best(out.get(ph.name), m)
@@ -221,14 +251,13 @@ async def run(a: argparse.Namespace) -> None:
                             expected_tokens=ph.requests * ph.max_tokens)
             print(f"  in-process {ph.name}: {res.tok_s:,.0f} tok/s, TTFT p50 {res.ttft_p50 * 1e3:.1f} ms, "
                   f"others {raw['others']:.2f} cores", flush=True)
-            inproc[ph.name] = best(inproc.get(ph.name), Measured(res, raw["others"]))
+            inproc[ph.name] = best(inproc.get(ph.name), Measured(res, raw["others"], raw["cpu"], res.tokens))
         # 3. disaggregated: prefill worker on core 0, decode worker on core 1
         if not a.no_disagg:
             t = time.monotonic()
-            # vLLM logs NIXL transfer stats every VLLM_LOG_STATS_INTERVAL s: short, so every run has one
             pw, dw = await asyncio.gather(
                 start_worker(discovery, model, "prefill", "vllm-prefill"),
-                start_worker(discovery, model, "decode", "vllm-decode", env={"VLLM_LOG_STATS_INTERVAL": "1"}),
+                start_worker(discovery, model, "decode", "vllm-decode", env=DECODE_STATS_ENV),
                 return_exceptions=True)
             try:
                 for x in (pw, dw):
@@ -239,15 +268,15 @@ async def run(a: argparse.Namespace) -> None:
                 await wait_remote_prefill(dw, a.long_prompt)
                 assert dw.record is not None
                 long = [p for p in phases if p.name == "long"]
+                local0 = dw.metric("dynamo_worker_prefills_total", location="local")
                 disagg, _ = await measure_worker(dw.record.target, [pw.pid, dw.pid], long,
                                                  "disagg: decode worker + prefill", a.timeout, a.repeat)
                 await asyncio.sleep(1.5)  # one more stats interval, so the last transfers are logged
                 transfer = nixl_transfer_mb(dw.log())
-                remote = dw.metric("dynamo_worker_prefills_total", location="remote")
-                local = dw.metric("dynamo_worker_prefills_total", location="local")
-                print(f"  decode worker prefills: remote {remote:.0f}, local {local:.0f}", flush=True)
+                local = dw.metric("dynamo_worker_prefills_total", location="local") - local0
                 if local:
-                    print("  WARNING: some prompts were prefilled locally on the decode worker", flush=True)
+                    print(f"  WARNING: {local:.0f} measured prompts were prefilled locally on the decode worker",
+                          flush=True)
             finally:
                 for x in (pw, dw):
                     if not isinstance(x, BaseException):
@@ -285,17 +314,19 @@ def report(a: argparse.Namespace, model: Path, phases: list[Phase], worker: dict
            load: float, total: float) -> None:
     print(f"\nvLLM worker vs AsyncLLM in-process; tiny model, engine pinned to core 0; load average "
           f"{load:.2f} at start, now {os.getloadavg()[0]:.2f}; total {total:.0f} s")
-    print(HEADER + f" {'others':>6}")
+    print(HEADER + f" {'others':>6} {'front':>8}")
     for ph in phases:
         base = inproc[ph.name]
         print(f"-- {ph.name}: c={ph.concurrency}, {ph.requests} requests, {ph.prompt_len}-token prompts, "
               f"{ph.max_tokens} output tokens")
-        print(row(worker[ph.name].result, base.result) + f" {worker[ph.name].others:>6.2f}")
-        print(row(base.result) + f" {base.others:>6.2f}")
-        if ph.name in disagg:
-            print(row(disagg[ph.name].result, base.result) + f" {disagg[ph.name].others:>6.2f}")
+        for m, b in ((worker[ph.name], base.result), (base, None), (disagg.get(ph.name), base.result)):
+            if m is not None:
+                print(row(m.result, b) + f" {m.others:>6.2f} {m.front_us_per_token:>5.0f} µs")
     print(LEGEND + "\nserver (in-process row): the benchmark process itself (AsyncLLM + request loop) and its "
-          "engine core.\nothers: cores used by other people's processes during the phase (this machine has 2); "
+          "engine core.\nfront: CPU µs per output token of the process running AsyncLLM's front end, children "
+          "excluded (worker: its main process, per token of the run and its warm-up; in-process: the benchmark process, request loop "
+          "included; disagg: the decode worker).\nothers: cores used by other people's processes during the "
+          "phase (this machine has 2); "
           f"each row is the fastest of {a.repeat} repetitions.")
     print("\nGoals: throughput ratio >= 0.95; TTFT p50 overhead <= 2 ms")
     for name in ("c1", "c16"):
@@ -349,13 +380,22 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2, help="measure each phase this often; keep the fastest")
     p.add_argument("--timeout", type=float, default=120.0, help="limit per phase, seconds")
     p.add_argument("--time-limit", type=float, default=420.0, help="limit for the whole run, seconds")
+    p.add_argument("--engine-flags", default="", help="extra vLLM flags for every engine, e.g. "
+                   "'--distributed-executor-backend uni'")
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average below this")
     p.add_argument("--max-wait", type=float, default=180.0, help="longest wait for that, seconds")
     p.add_argument("--inprocess", metavar="PHASES_JSON", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)  # diagnosis: the worker's event loop
+    p.add_argument("--kv-events", action="store_true", help=argparse.SUPPRESS)  # diagnosis: the worker's KV events
     a = p.parse_args()
     signal.signal(signal.SIGTERM, interrupt)
+    if a.engine_flags:
+        os.environ[EXTRA_FLAGS_ENV] = a.engine_flags
     if a.inprocess:
+        if a.uvloop:
+            import uvloop
+            uvloop.install()
         asyncio.run(inprocess(a))
         return
     try:  # waiting for a quiet machine (up to --max-wait) does not count against --time-limit

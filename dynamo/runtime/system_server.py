@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,10 @@ class SystemServer:
                 status, ctype = (200 if ok else 503), "application/json"
                 body = json.dumps({"status": "healthy" if ok else "unhealthy", **detail}).encode()
             elif path == "/metrics":
-                status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+                # Ours, then the process-wide default registry: process metrics, and what an engine
+                # library registers there (vLLM's vllm:* metrics).
+                body = generate_latest(self._registry) + generate_latest(REGISTRY)
+                status, ctype = 200, CONTENT_TYPE_LATEST
             else:
                 status, ctype, body = 404, "text/plain", b"not found; try /health, /live or /metrics\n"
             reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}[status]

@@ -93,7 +93,7 @@ async def test_registers_with_model_card(agg: WorkerProcess, spec: BackendSpec, 
     assert info.instance_id == rec.instance_id and '"served_model_name"' in info.model_card_json
 
 
-async def test_health_and_metrics(agg: WorkerProcess) -> None:
+async def test_health_and_metrics(agg: WorkerProcess, spec: BackendSpec) -> None:
     async with grpc.aio.insecure_channel(agg.record.target) as ch:  # type: ignore[union-attr]
         resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
@@ -102,6 +102,9 @@ async def test_health_and_metrics(agg: WorkerProcess) -> None:
     assert agg.http_get("/live")[0] == 200
     _, metrics = agg.http_get("/metrics")
     assert "dynamo_worker_requests_total" in metrics and "dynamo_worker_kv_cache_blocks" in metrics
+    assert "process_cpu_seconds_total" in metrics
+    if spec.name == "vllm":
+        assert "vllm:num_requests_running" in metrics, "vLLM's own metrics must be exposed too"
 
 
 # --- generation -----------------------------------------------------------------------------------

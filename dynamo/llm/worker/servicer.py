@@ -65,6 +65,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         t0 = time.perf_counter()
         first = True
         status = "cancelled"
+        produced = 0  # metrics are updated once per request, not per message (hot path)
         stream = self._handler.generate(req)
         with self._server.track():
             m.inflight.inc()
@@ -73,7 +74,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                     if first and out.token_ids:
                         m.ttft.observe(time.perf_counter() - t0)
                         first = False
-                    m.output_tokens.inc(len(out.token_ids))
+                    produced += len(out.token_ids)
                     if out.usage is not None and out.usage.cached_tokens:
                         m.cached_tokens.inc(out.usage.cached_tokens)
                     await context.write(codec.output_to_pb(out))
@@ -104,6 +105,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
                     await aclose()  # aborts the engine request if it is still running
+                m.output_tokens.inc(produced)
                 m.inflight.dec()
                 m.request_done(status)
                 self.last_request_end = time.monotonic()
