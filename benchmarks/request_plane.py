@@ -42,11 +42,6 @@ def make_messages(n_tokens: int, per_msg: int):  # type: ignore[no-untyped-def]
 
 
 async def serve(discovery_dir: str) -> None:
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
     rt = DistributedRuntime(RuntimeConfig(namespace="bench", discovery_dir=discovery_dir, grpc_host="127.0.0.1",
                                           advertise_host="127.0.0.1"))
     rt.install_signal_handlers()
@@ -93,11 +88,6 @@ async def over_grpc(client, streams: int, n_tokens: int, per_msg: int) -> tuple[
 
 
 async def run(args: argparse.Namespace) -> None:
-    try:
-        import uvloop
-        asyncio.get_running_loop()  # already running; uvloop only for the server
-    except ImportError:
-        pass
     with tempfile.TemporaryDirectory() as d:
         server = subprocess.Popen([sys.executable, __file__, "--serve", d], stdout=subprocess.PIPE, text=True,
                                   env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -138,6 +128,11 @@ def main() -> None:
     p.add_argument("--serve", metavar="DISCOVERY_DIR")
     p.add_argument("--tokens", type=int, default=4096, help="tokens per stream at c=1 (c=64: /16)")
     args = p.parse_args()
+    try:  # both sides on uvloop, as the worker and the frontend run
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
     if args.serve:
         asyncio.run(serve(args.serve))
     else:
