@@ -26,6 +26,7 @@ import json
 import resource
 import sys
 import time
+from typing import Any
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +53,20 @@ def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
+
+
+async def timed_stream(stream: Any, t0: float) -> Record:
+    """Consume one stream of messages carrying `token_ids`; time its first token and its end."""
+    start = time.perf_counter()
+    first = float("nan")
+    tokens = messages = 0
+    async for msg in stream:
+        n = len(msg.token_ids)
+        if n and tokens == 0:
+            first = time.perf_counter()
+        tokens += n
+        messages += 1
+    return Record(start - t0, first - start, time.perf_counter() - t0, tokens, messages)
 
 async def drive(one: Callable[[int, float], Awaitable[Record]], warmup: int, requests: int,
                 concurrency: int) -> dict:
@@ -92,17 +107,7 @@ async def run_grpc(a: argparse.Namespace) -> dict:
                                  token_ids=prompt_ids(i, a.prompt_len, a.vocab))
         req.stop.max_tokens = a.max_tokens
         req.stop.ignore_eos = True
-        start = time.perf_counter()
-        first = float("nan")
-        tokens = messages = 0
-        async for msg in stub.Generate(req, timeout=a.timeout):
-            n = len(msg.token_ids)
-            if n and tokens == 0:
-                first = time.perf_counter()
-            tokens += n
-            messages += 1
-        end = time.perf_counter()
-        return Record(start - t0, first - start, end - t0, tokens, messages)
+        return await timed_stream(stub.Generate(req, timeout=a.timeout), t0)
 
     try:
         return await drive(one, a.warmup, a.requests, a.concurrency)
@@ -222,17 +227,7 @@ async def run_inproc(a: argparse.Namespace) -> dict:
     async def one(i: int, t0: float) -> Record:
         req = GenerateRequest(request_id=f"bench-{i}", token_ids=prompt_ids(i, a.prompt_len, facts.vocab_size),
                               stop=StopConditions(max_tokens=a.max_tokens, ignore_eos=True))
-        start = time.perf_counter()
-        first = float("nan")
-        tokens = messages = 0
-        async for out in engine.generate(req):
-            n = len(out.token_ids)
-            if n and tokens == 0:
-                first = time.perf_counter()
-            tokens += n
-            messages += 1
-        end = time.perf_counter()
-        return Record(start - t0, first - start, end - t0, tokens, messages)
+        return await timed_stream(engine.generate(req), t0)
 
     try:
         return await drive(one, a.warmup, a.requests, a.concurrency)
