@@ -24,6 +24,7 @@ class FrontendConfig:
     etcd_endpoints: str = "127.0.0.1:2379"  # comma-separated
     router_mode: str = "round-robin"
     migration_limit: int = 0  # how many times a broken stream may move to another worker
+    max_inflight_per_worker: int = 0  # 0: no limit; else busier workers answer 429
     api_key: str | None = None
     log_level: str = "info"
     max_body_bytes: int = 8 * 1024 * 1024
@@ -35,6 +36,7 @@ _ENV: dict[str, tuple[tuple[str, ...], type]] = {
     "http_port": (("DYN_HTTP_PORT",), int),
     "router_mode": (("DYN_ROUTER_MODE",), str),
     "migration_limit": (("DYN_MIGRATION_LIMIT",), int),
+    "max_inflight_per_worker": (("DYN_MAX_INFLIGHT_PER_WORKER",), int),
     "api_key": (("DYN_API_KEY",), str),
     "log_level": (("DYN_LOG_LEVEL",), str),
     "max_body_bytes": (("DYN_HTTP_MAX_BODY_BYTES",), int),
@@ -67,6 +69,10 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     add_discovery_args(p, env)  # --namespace, --discovery-backend, --discovery-dir, --etcd-endpoints
     p.add_argument("--router-mode", choices=ROUTER_MODES, default=d["router_mode"],
                    help="how a worker is picked for each request [DYN_ROUTER_MODE]")
+    p.add_argument("--max-inflight-per-worker", type=int, default=d["max_inflight_per_worker"],
+                   help="requests this frontend keeps in flight per worker; when every worker of a "
+                        "model is at the limit, new requests get 429 (0: no limit) "
+                        "[DYN_MAX_INFLIGHT_PER_WORKER]")
     p.add_argument("--migration-limit", type=int, default=d["migration_limit"],
                    help="times a broken stream may be retried on another worker "
                         "[DYN_MIGRATION_LIMIT]")
@@ -93,6 +99,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         parser.error(f"log level {ns.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if not 0 <= ns.http_port <= 65535:
         parser.error(f"--http-port must be in 0..65535 (0: any free port), got {ns.http_port}")
+    if ns.max_inflight_per_worker < 0:
+        parser.error(f"--max-inflight-per-worker must be >= 0, got {ns.max_inflight_per_worker}")
     if ns.migration_limit < 0:
         parser.error(f"--migration-limit must be >= 0, got {ns.migration_limit}")
     if ns.max_body_bytes < 1024:
@@ -101,5 +109,6 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         http_host=ns.http_host, http_port=ns.http_port, namespace=ns.namespace,
         discovery_backend=ns.discovery_backend, discovery_dir=ns.discovery_dir,
         etcd_endpoints=ns.etcd_endpoints, router_mode=ns.router_mode,
-        migration_limit=ns.migration_limit, api_key=ns.api_key or None,
+        migration_limit=ns.migration_limit, max_inflight_per_worker=ns.max_inflight_per_worker,
+        api_key=ns.api_key or None,
         log_level=ns.log_level.lower(), max_body_bytes=ns.max_body_bytes)

@@ -10,7 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from dynamo.frontend.backend import NoWorkers, UnknownModel, WorkerFailed
+from dynamo.frontend.backend import NoWorkers, Overloaded, UnknownModel, WorkerFailed
 from dynamo.llm.disagg import remote_prefill
 from dynamo.llm.errors import NoWorkersError, WorkerError
 from dynamo.llm.model_card import ModelCard, Role
@@ -30,11 +30,13 @@ SERVING_ROLES = (Role.AGGREGATED, Role.DECODE)
 
 class WorkerServingBackend:
     def __init__(self, discovery: Discovery, namespace: str, *, router_mode: str = "round-robin",
-                 migration_limit: int = 0, prefill_timeout: float = 30.0, owns_discovery: bool = True) -> None:
+                 migration_limit: int = 0, prefill_timeout: float = 30.0, max_inflight_per_worker: int = 0,
+                 owns_discovery: bool = True) -> None:
         self._discovery = discovery
         self._owns_discovery = owns_discovery
         self.pool = ModelPool(discovery, namespace, router_mode)
         self.migration_limit = migration_limit
+        self.max_inflight_per_worker = max_inflight_per_worker
         self.prefill_timeout = prefill_timeout
         self.migrations = 0  # requests moved to another worker (tests and metrics read it)
 
@@ -58,6 +60,10 @@ class WorkerServingBackend:
         self.card(request.model)  # UnknownModel / NoWorkers before anything is sent
         decode = self.pool.client(request.model, SERVING_ROLES)
         prefill = self.pool.client(request.model, (Role.PREFILL,))
+        limit = self.max_inflight_per_worker
+        if limit and all(decode.inflight(r.instance_id) >= limit for r in decode.instances()):
+            raise Overloaded(f"all {len(decode.instances())} worker(s) of model {request.model!r} have {limit} "
+                             f"request(s) in flight (--max-inflight-per-worker); retry later")
         original = request
         generated: list[int] = []
         failed: set[str] = set()
@@ -129,5 +135,6 @@ async def create_serving_backend(config: FrontendConfig) -> WorkerServingBackend
                                etcd_endpoints=endpoints)
     await discovery.start()
     backend = WorkerServingBackend(discovery, config.namespace, router_mode=config.router_mode,
-                                   migration_limit=config.migration_limit)
+                                   migration_limit=config.migration_limit,
+                                   max_inflight_per_worker=config.max_inflight_per_worker)
     return await backend.start()

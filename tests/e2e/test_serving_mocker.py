@@ -193,3 +193,27 @@ async def test_without_migration_the_client_gets_a_clean_error(tmp_path: Path, t
         fe.close()
         for w in workers:
             await w.close()
+
+
+async def test_overloaded_workers_answer_429(tmp_path: Path, tiny_model_dir: Path) -> None:
+    worker = await start_mocker(tmp_path, tiny_model_dir, "--speedup-ratio", "1", name="busy")
+    fe = FrontendProcess(tmp_path, "--max-inflight-per-worker", "1")
+    try:
+        await fe.wait_models({tiny_model_dir.name})
+        c = client(fe)
+        long = asyncio.create_task(c.completions.create(model=tiny_model_dir.name, prompt="long", max_tokens=1500,
+                                                        extra_body={"ignore_eos": True}))
+        deadline = time.monotonic() + 10
+        while worker.metric("dynamo_worker_inflight_requests") < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        with pytest.raises(openai.RateLimitError, match="max-inflight-per-worker"):
+            await c.completions.create(model=tiny_model_dir.name, prompt="one more", max_tokens=2)
+        long.cancel()
+        deadline = time.monotonic() + 10
+        while worker.metric("dynamo_worker_inflight_requests") > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        ok = await c.completions.create(model=tiny_model_dir.name, prompt="after", max_tokens=2)
+        assert ok.usage.completion_tokens == 2  # type: ignore[union-attr]
+    finally:
+        fe.close()
+        await worker.close()

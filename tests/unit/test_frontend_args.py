@@ -35,6 +35,7 @@ def test_env_then_flag_precedence() -> None:
     ([], {"DYN_HTTP_PORT": "eighty"}),
     (["--http-port", "70000"], {}),
     (["--migration-limit", "-1"], {}),
+    (["--max-inflight-per-worker", "-1"], {}),
     (["--discovery-backend", "zookeeper"], {}),
 ])
 def test_bad_values_exit_with_a_message(argv: list[str], env: dict[str, str],
