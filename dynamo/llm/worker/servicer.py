@@ -23,6 +23,7 @@ from dynamo.runtime.rpc.server import RpcServer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Worker"].full_name
+_STATUS_OF_FINISH = {FinishReason.ERROR: "error", FinishReason.CANCELLED: "cancelled"}
 
 
 class WorkerServicer(pb_grpc.WorkerServicer):
@@ -79,7 +80,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                         m.cached_tokens.inc(out.usage.cached_tokens)
                     await context.write(codec.output_to_pb(out))
                     if out.finish_reason is not None:
-                        status = "error" if out.finish_reason is FinishReason.ERROR else "success"
+                        status = _STATUS_OF_FINISH.get(out.finish_reason, "success")
             except InvalidRequest as e:
                 status = "invalid"
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -98,15 +99,26 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 log.error("[%s] engine error: %s", rid, e)
                 await context.abort(grpc.StatusCode.INTERNAL, f"engine error: {e}")
             except asyncio.CancelledError:
-                m.cancellations.inc()
                 log.debug("[%s] cancelled by the client", rid)
                 raise
+            except Exception as e:
+                # A client that cancels while we write can surface as a failed write, not as
+                # CancelledError; anything else is a bug in an adapter or the shell.
+                if context.cancelled():
+                    log.debug("[%s] cancelled by the client", rid)
+                    raise
+                status = "error"
+                m.error("internal")
+                log.exception("[%s] request failed", rid)
+                await context.abort(grpc.StatusCode.INTERNAL, f"worker error: {e!r}")
             finally:
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
                     await aclose()  # aborts the engine request if it is still running
                 m.output_tokens.inc(produced)
                 m.inflight.dec()
+                if status == "cancelled":  # the client went away, or the engine aborted the request
+                    m.cancellations.inc()
                 m.request_done(status)
                 self.last_request_end = time.monotonic()
 
