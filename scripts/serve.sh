@@ -9,6 +9,7 @@ export HF_HUB_OFFLINE=1
 if [ -z "${MODEL:-}" ]; then
   MODEL="${XDG_CACHE_HOME:-$HOME/.cache}/dynamo/tiny-model"
   .venv/bin/python -m dynamo.llm.tiny_model "$MODEL" >/dev/null
-  export MODEL
+  export MODEL SERVED_MODEL_NAME="${SERVED_MODEL_NAME:-tiny}"
 fi
+export SERVED_MODEL_NAME="${SERVED_MODEL_NAME:-$(basename "$MODEL")}"
 exec .venv/bin/python -m dynamo.serve "${GRAPH:-examples/agg.yaml}" "$@"

@@ -20,7 +20,7 @@ from tests.worker_process import REPO, free_port
 def test_serve_mocker_graph(tmp_path: Path, tiny_model_dir: Path) -> None:
     port = free_port()
     env = {**os.environ, "MODEL": str(tiny_model_dir), "HTTP_PORT": str(port), "SPEEDUP": "100",
-           "PYTHONPATH": str(REPO), "DYN_NAMESPACE": "serve-test"}
+           "PYTHONPATH": str(REPO), "DYN_NAMESPACE": "serve-test", "SERVED_MODEL_NAME": "served-tiny"}
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "dynamo.serve", "examples/mocker.yaml",
@@ -35,7 +35,7 @@ def test_serve_mocker_graph(tmp_path: Path, tiny_model_dir: Path) -> None:
             assert "all services ready" in text, text
             assert "worker-0" in text and "worker-1" in text and "frontend" in text  # prefixed logs
             r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=30,
-                           json={"model": tiny_model_dir.name, "prompt": "hi", "max_tokens": 5})
+                           json={"model": "served-tiny", "prompt": "hi", "max_tokens": 5})
             assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
             proc.send_signal(signal.SIGINT)
             assert proc.wait(60) == 0
