@@ -64,12 +64,7 @@ async def start_worker(discovery: Path, model: Path, role: str, name: str, *extr
     w = WorkerProcess("vllm", args, discovery, namespace="bench", name=name,
                       env={**ENGINE_ENV[role], **(env or {})})
     track(w.pid)
-    try:
-        await w.wait_registered(timeout)
-    except BaseException:
-        await w.close()
-        raise
-    return w
+    return await w.ready(timeout)
 
 
 def kill_group(proc: subprocess.Popen | asyncio.subprocess.Process, grace: float = 20) -> None:

@@ -55,12 +55,7 @@ async def start_worker(discovery: Path, speedup: float) -> WorkerProcess:
     w = WorkerProcess("mocker", ["--model", str(ensure_tiny_model()), "--served-model-name", MODEL_NAME,
                                  "--speedup-ratio", str(speedup)], discovery, namespace="bench")
     track(w.pid)
-    try:
-        await w.wait_registered(60)
-    except BaseException:
-        await w.close()
-        raise
-    return w
+    return await w.ready(60)
 
 
 async def measure(w: WorkerProcess, speedup: float, concurrency: int, requests: int, a: argparse.Namespace,

@@ -75,6 +75,15 @@ class WorkerProcess:
             await asyncio.sleep(0.2)
         raise TimeoutError(f"{self.name} did not register within {timeout} s:\n{self.log()[-5000:]}")
 
+    async def ready(self, timeout: float) -> WorkerProcess:
+        """Wait until registered; on failure stop the process (and its engine) before raising."""
+        try:
+            await self.wait_registered(timeout)
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
     async def registered(self) -> list[InstanceRecord]:
         """Every live record in this worker's namespace."""
         async with FileDiscovery(self.discovery_dir, ttl=3) as discovery:

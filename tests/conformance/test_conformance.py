@@ -54,12 +54,7 @@ async def start_worker(spec: BackendSpec, model: Path, discovery: Path, role: st
     role_args = [] if role == "agg" else ["--disaggregation-mode", role]
     w = WorkerProcess(spec.name, [*spec.args(model), *role_args, *extra], discovery,
                       env=spec.env.get(role, {}), name=f"{spec.name}-{role}")
-    try:
-        await w.wait_registered(spec.startup_timeout)
-    except BaseException:
-        await w.close()
-        raise
-    return w
+    return await w.ready(spec.startup_timeout)
 
 
 @pytest.fixture(scope="module", params=[_param(s) for s in BACKENDS])

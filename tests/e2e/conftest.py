@@ -73,9 +73,4 @@ class FrontendProcess:
 
 async def start_mocker(discovery_dir: Path, model: Path, *extra: str, name: str = "mocker") -> WorkerProcess:
     w = WorkerProcess("mocker", ["--model", str(model), *extra], discovery_dir, name=name)
-    try:
-        await w.wait_registered(60)
-    except BaseException:
-        await w.close()
-        raise
-    return w
+    return await w.ready(60)

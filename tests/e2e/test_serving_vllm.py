@@ -25,12 +25,7 @@ async def vllm_worker(tmp: Path, model: Path, namespace: str, role: str) -> Work
     role_args = [] if role == "agg" else ["--disaggregation-mode", role]
     w = WorkerProcess("vllm", ["--model", str(model), "--served-model-name", "tiny", *ENGINE_ARGS, *role_args],
                       tmp, namespace=namespace, env=VLLM.env[role], name=f"vllm-{namespace}-{role}")
-    try:
-        await w.wait_registered(VLLM.startup_timeout)
-    except BaseException:
-        await w.close()
-        raise
-    return w
+    return await w.ready(VLLM.startup_timeout)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,7 @@ pytestmark = pytest.mark.timeout(180)
 
 async def mocker(tmp: Path, model: Path, *extra: str, name: str) -> WorkerProcess:
     w = WorkerProcess("mocker", ["--model", str(model), "--speedup-ratio", "100", *extra], tmp, name=name)
-    await w.wait_registered(60)
-    return w
+    return await w.ready(60)
 
 
 def request(n: int = 40) -> GenerateRequest:
