@@ -67,6 +67,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         first = True
         status = "cancelled"
         produced = 0  # metrics are updated once per request, not per message (hot path)
+        write_failed = False
         stream = self._handler.generate(req)
         with self._server.track():
             m.inflight.inc()
@@ -78,7 +79,13 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                     produced += len(out.token_ids)
                     if out.usage is not None and out.usage.cached_tokens:
                         m.cached_tokens.inc(out.usage.cached_tokens)
-                    await context.write(codec.output_to_pb(out))
+                    try:
+                        await context.write(codec.output_to_pb(out))
+                    except Exception:
+                        # The client went away: under load, grpc can fail the write before it
+                        # marks the call cancelled, so a failed write is a cancellation too.
+                        write_failed = True
+                        raise
                     if out.finish_reason is not None:
                         status = _STATUS_OF_FINISH.get(out.finish_reason, "success")
             except InvalidRequest as e:
@@ -104,7 +111,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             except Exception as e:
                 # A client that cancels while we write can surface as a failed write, not as
                 # CancelledError; anything else is a bug in an adapter or the shell.
-                if context.cancelled():
+                if write_failed or context.cancelled():
                     log.debug("[%s] cancelled by the client", rid)
                     raise
                 status = "error"
@@ -112,15 +119,16 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 log.exception("[%s] request failed", rid)
                 await context.abort(grpc.StatusCode.INTERNAL, f"worker error: {e!r}")
             finally:
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()  # aborts the engine request if it is still running
+                # Bookkeeping first: closing the stream awaits the engine and may itself fail.
                 m.output_tokens.inc(produced)
                 m.inflight.dec()
                 if status == "cancelled":  # the client went away, or the engine aborted the request
                     m.cancellations.inc()
                 m.request_done(status)
                 self.last_request_end = time.monotonic()
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()  # aborts the engine request if it is still running
 
     async def ClearKvBlocks(self, request: pb.ClearKvBlocksRequest, context: grpc.aio.ServicerContext
                             ) -> pb.ClearKvBlocksResponse:

@@ -1,0 +1,117 @@
+"""The worker's Generate bookkeeping when the client goes away mid-stream (no server, no engine:
+a context double that behaves as grpc.aio's does when a client cancels)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from dynamo.llm import codec
+from dynamo.llm.model_card import ModelCard
+from dynamo.llm.protocol import EngineInfo, GenerateOutput, GenerateRequest, StopConditions
+from dynamo.llm.worker.metrics import WorkerMetrics
+from dynamo.llm.worker.servicer import WorkerServicer
+from dynamo.runtime.rpc.server import RpcServer
+
+
+class ClientGoneContext:
+    """grpc.aio ServicerContext double: the n-th write fails as it does when the client has reset
+    the stream, while `cancelled()` may still say False (grpc marks the call cancelled later)."""
+
+    def __init__(self, fail_on_write: int, error: BaseException) -> None:
+        self.fail_on_write = fail_on_write
+        self.error = error
+        self.writes = 0
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    async def write(self, message: object) -> None:
+        self.writes += 1
+        if self.writes == self.fail_on_write:
+            raise self.error
+
+    def cancelled(self) -> bool:
+        return False
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise grpc.aio.AbortError()
+
+
+class CountingEngineStream:
+    """Yields one token per step until closed; records that it was closed (the engine abort)."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        try:
+            for i in range(1000):
+                yield GenerateOutput(token_ids=[3 + i % 100])
+                await asyncio.sleep(0)
+        finally:
+            self.closed.set()
+
+
+class _Handler:
+    def __init__(self, engine: CountingEngineStream) -> None:
+        self.engine = engine
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        return self.engine.generate(request)
+
+
+def _servicer(engine: CountingEngineStream) -> tuple[WorkerServicer, WorkerMetrics, CollectorRegistry]:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry, model="m", role="agg")
+    servicer = WorkerServicer(RpcServer(), metrics.bind())
+    info = EngineInfo(vocab_size=1024, context_length=1024, kv_block_size=16, total_kv_blocks=64)
+    card = ModelCard(served_model_name="m", model_path="m", tokenizer="m", context_length=1024,
+                     kv_block_size=16, total_kv_blocks=64)
+    servicer.attach(engine, _Handler(engine), info, card, "inst-1")  # type: ignore[arg-type]
+    return servicer, metrics, registry
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, {"model": "m", "role": "agg", **labels}) or 0.0
+
+
+def _request() -> object:
+    return codec.request_to_pb(GenerateRequest(request_id="r1", token_ids=[5, 6, 7],
+                                               stop=StopConditions(max_tokens=500, ignore_eos=True)))
+
+
+@pytest.mark.parametrize("error", [grpc.aio.UsageError("client closed"), RuntimeError("write failed"),
+                                   asyncio.CancelledError()], ids=["usage", "runtime", "cancelled"])
+async def test_client_gone_mid_stream_counts_a_cancellation(error: BaseException) -> None:
+    engine = CountingEngineStream()
+    servicer, _, registry = _servicer(engine)
+    ctx = ClientGoneContext(fail_on_write=3, error=error)
+    with pytest.raises(BaseException):
+        await servicer.Generate(_request(), ctx)  # type: ignore[arg-type]
+    assert engine.closed.is_set(), "the engine stream was not closed (the request would keep running)"
+    assert _value(registry, "dynamo_worker_request_cancellations_total") == 1
+    assert _value(registry, "dynamo_worker_requests_total", status="cancelled") == 1
+    assert _value(registry, "dynamo_worker_request_errors_total", kind="internal") == 0
+    assert _value(registry, "dynamo_worker_inflight_requests") == 0
+    assert _value(registry, "dynamo_worker_output_tokens_total") == 3
+    assert ctx.aborted is None, "a client that went away is not answered with an error status"
+
+
+async def test_engine_bug_is_internal_not_cancelled() -> None:
+    class Broken(CountingEngineStream):
+        async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+            yield GenerateOutput(token_ids=[3])
+            raise ValueError("adapter bug")
+
+    servicer, _, registry = _servicer(Broken())
+    ctx = ClientGoneContext(fail_on_write=0, error=RuntimeError())
+    with pytest.raises(grpc.aio.AbortError):
+        await servicer.Generate(_request(), ctx)  # type: ignore[arg-type]
+    assert ctx.aborted is not None and ctx.aborted[0] is grpc.StatusCode.INTERNAL
+    assert "adapter bug" in ctx.aborted[1]
+    assert _value(registry, "dynamo_worker_request_errors_total", kind="internal") == 1
+    assert _value(registry, "dynamo_worker_request_cancellations_total") == 0
