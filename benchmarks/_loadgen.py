@@ -10,7 +10,9 @@ object (to `--out FILE`, else as one line on stdout): per-request records (start
 phase, output tokens, messages or SSE chunks) plus the wall time and this process's CPU seconds
 over the measured phase, so the parent can say how much of the machine the load generator took.
 
-- grpc: the worker's `dynamo.llm.v1.Worker/Generate` through a plain grpc.aio stub (one channel).
+- grpc: the worker's `dynamo.llm.v1.Worker/Generate` through a plain grpc.aio stub (one channel);
+  with `--transport stream`, every request on one `GenerateStream` call instead (what the frontend
+  does), demultiplexed here by stream id ("messages" then counts a request's items).
 - http: OpenAI streaming chat completions over raw asyncio sockets (HTTP/1.1 keep-alive, one
   connection per concurrent slot, chunked transfer decoding, SSE split on blank lines). Only the
   final usage chunk (stream_options.include_usage) is JSON-parsed: it gives completion_tokens.
@@ -102,17 +104,77 @@ async def run_grpc(a: argparse.Namespace) -> dict:
     channel = grpc.aio.insecure_channel(a.target)
     stub = pb_grpc.WorkerStub(channel)
 
-    async def one(i: int, t0: float) -> Record:
+    def request(i: int) -> Any:
         req = pb.GenerateRequest(request_id=f"bench-{i}", model=a.model,
                                  token_ids=prompt_ids(i, a.prompt_len, a.vocab))
         req.stop.max_tokens = a.max_tokens
         req.stop.ignore_eos = True
-        return await timed_stream(stub.Generate(req, timeout=a.timeout), t0)
+        return req
+
+    async def one(i: int, t0: float) -> Record:
+        return await timed_stream(stub.Generate(request(i), timeout=a.timeout), t0)
 
     try:
+        if a.transport == "stream":
+            mux = _GenerateStreamDriver(stub, pb)
+            try:
+                return await drive(lambda i, t0: timed_stream(mux.generate(i, request(i)), t0),
+                                   a.warmup, a.requests, a.concurrency)
+            finally:
+                print(f"GenerateStream: {mux.items} items in {mux.messages} messages", file=sys.stderr, flush=True)
+                mux.close()
         return await drive(one, a.warmup, a.requests, a.concurrency)
     finally:
         await channel.close()
+
+
+class _GenerateStreamDriver:
+    """Every request on one GenerateStream call; items handed to their request by stream id."""
+
+    def __init__(self, stub: Any, pb: Any) -> None:
+        self._pb = pb
+        self._out: asyncio.Queue[Any] = asyncio.Queue()
+        self._queues: dict[int, asyncio.Queue[Any]] = {}
+        self._call = stub.GenerateStream(self._requests())
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self.messages = self.items = 0
+
+    async def _requests(self) -> Any:
+        while (msg := await self._out.get()) is not None:
+            yield msg
+
+    async def _read(self) -> None:
+        try:
+            async for resp in self._call:
+                self.messages += 1
+                self.items += len(resp.items)
+                for item in resp.items:
+                    self._queues[item.stream_id].put_nowait(item)
+        except BaseException as e:
+            for q in self._queues.values():
+                q.put_nowait(e)
+            raise
+
+    async def generate(self, sid: int, req: Any) -> Any:
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        self._queues[sid] = q
+        self._out.put_nowait(self._pb.StreamRequest(stream_id=sid, generate=req))
+        try:
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item.output
+                if item.done:
+                    if item.status_code:
+                        raise RuntimeError(f"request {sid}: status {item.status_code}: {item.status_message}")
+                    return
+        finally:
+            del self._queues[sid]
+
+    def close(self) -> None:
+        self._out.put_nowait(None)
+        self._call.cancel()
 
 
 # --- HTTP / SSE -----------------------------------------------------------------------------
@@ -244,6 +306,8 @@ def main() -> None:
     p.add_argument("--model-dir", help="inproc: model directory (config.json)")
     p.add_argument("--speedup-ratio", type=float, default=1000.0, help="inproc: mocker speedup")
     p.add_argument("--vocab", type=int, default=1024, help="grpc: vocabulary size for prompt ids")
+    p.add_argument("--transport", choices=("unary", "stream"), default="unary",
+                   help="grpc: one Generate call per request, or all on one GenerateStream")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--requests", type=int, default=256)
     p.add_argument("--warmup", type=int, default=0)

@@ -6,7 +6,8 @@
 Runs, one after the other (never more than two engines at once; every engine on the conformance
 suite's CPU flags: fp32, eager, max-model-len 1024, KV blocks of 32):
 1. an aggregated `python -m dynamo.vllm` worker (engine pinned to core 0), driven through its gRPC
-   Generate by an independent load-generator process (benchmarks/_loadgen.py grpc);
+   Generate (one call per request), then through GenerateStream (all requests on one call, what the
+   frontend uses), by an independent load-generator process (benchmarks/_loadgen.py grpc);
 2. the baseline: the same engine flags parsed by vLLM's own parser into AsyncLLM, driven in a child
    process (this file with --inprocess; engine pinned to core 0) by the same request loop
    (_loadgen.drive) with the same prompt token ids and the sampling the worker sends vLLM (greedy,
@@ -184,7 +185,10 @@ def best(a: Measured | None, b: Measured) -> Measured:
 
 
 async def measure_worker(target: str, pids: list[int], phases: list[Phase], label: str, timeout: float,
-                         repeat: int, profile_pid: int | None = None) -> tuple[dict[str, Measured], str]:
+                         repeat: int, profile_pid: int | None = None, transport: str = "unary",
+                         first_repetition: int = 0) -> tuple[dict[str, Measured], str]:
+    """`first_repetition`: where this run's prompts start (a second run on the same worker must not
+    reuse the first run's prompts: they would hit the prefix cache)."""
     out: dict[str, Measured] = {}
     profile_text = ""
     for ph in phases:
@@ -192,12 +196,13 @@ async def measure_worker(target: str, pids: list[int], phases: list[Phase], labe
         if profile_pid is not None and ph.name == "c16":
             from benchmarks._profile import Sampler
             sampler = Sampler(profile_pid, Path(tempfile.gettempdir()) / "vllm_worker.pyspy.txt")
-        for k in range(repeat):
+        for k in range(first_repetition, first_repetition + repeat):
             window = CpuWindow(pids)
             front0 = own_cpu(pids[-1])
             args = ph.repetition(k).loadgen_args()
             try:
-                raw, cpu = await run_loadgen(["grpc", "--target", target, "--model", MODEL_NAME, *args], timeout, pids)
+                raw, cpu = await run_loadgen(["grpc", "--target", target, "--model", MODEL_NAME,
+                                              "--transport", transport, *args], timeout, pids)
             finally:
                 if sampler is not None:
                     from benchmarks._profile import summarise as summarise_profile
@@ -221,6 +226,7 @@ async def run(a: argparse.Namespace) -> None:
     load = wait_quiet(a.max_load, a.max_wait)
     print(f"load average (1 min) before measuring: {load:.2f}", flush=True)
     worker: dict[str, Measured] = {}
+    worker_stream: dict[str, Measured] = {}
     inproc: dict[str, Measured] = {}
     disagg: dict[str, Measured] = {}
     profile_text = ""
@@ -233,8 +239,12 @@ async def run(a: argparse.Namespace) -> None:
         print(f"worker ready in {time.monotonic() - t:.0f} s", flush=True)
         try:
             assert w.record is not None
-            worker, profile_text = await measure_worker(w.record.target, [w.pid], phases, "dynamo.vllm worker (gRPC)",
-                                                        a.timeout, a.repeat, w.pid if a.profile else None)
+            worker, profile_text = await measure_worker(w.record.target, [w.pid], phases,
+                                                        "dynamo.vllm (Generate)", a.timeout, a.repeat,
+                                                        w.pid if a.profile else None)
+            worker_stream, _ = await measure_worker(w.record.target, [w.pid], phases,
+                                                    "dynamo.vllm (GenerateStream)", a.timeout, a.repeat,
+                                                    transport="stream", first_repetition=a.repeat)
         finally:
             await w.close()
             w.log_path.unlink(missing_ok=True)
@@ -282,7 +292,8 @@ async def run(a: argparse.Namespace) -> None:
                     if not isinstance(x, BaseException):
                         await x.close()
                         x.log_path.unlink(missing_ok=True)
-    report(a, model, phases, worker, inproc, disagg, transfer, load, time.monotonic() - t_start)
+    report(a, model, phases, {"Generate": worker, "GenerateStream": worker_stream}, inproc, disagg, transfer, load,
+           time.monotonic() - t_start)
     if profile_text:
         print("\npy-spy profile of the worker process (gRPC + AsyncLLM front) during the c=16 run:\n"
               + profile_text)
@@ -309,7 +320,7 @@ async def wait_remote_prefill(decode, prompt_len: int, timeout: float = 30) -> N
                        f"{decode.log()[-3000:]}")
 
 
-def report(a: argparse.Namespace, model: Path, phases: list[Phase], worker: dict[str, Measured],
+def report(a: argparse.Namespace, model: Path, phases: list[Phase], workers: dict[str, dict[str, Measured]],
            inproc: dict[str, Measured], disagg: dict[str, Measured], transfer: tuple[int, float] | None,
            load: float, total: float) -> None:
     print(f"\nvLLM worker vs AsyncLLM in-process; tiny model, engine pinned to core 0; load average "
@@ -319,7 +330,8 @@ def report(a: argparse.Namespace, model: Path, phases: list[Phase], worker: dict
         base = inproc[ph.name]
         print(f"-- {ph.name}: c={ph.concurrency}, {ph.requests} requests, {ph.prompt_len}-token prompts, "
               f"{ph.max_tokens} output tokens")
-        for m, b in ((worker[ph.name], base.result), (base, None), (disagg.get(ph.name), base.result)):
+        rows = [(w[ph.name], base.result) for w in workers.values()]
+        for m, b in (*rows, (base, None), (disagg.get(ph.name), base.result)):
             if m is not None:
                 print(row(m.result, b) + f" {m.others:>6.2f} {m.front_us_per_token:>5.0f} µs")
     print(LEGEND + "\nserver (in-process row): the benchmark process itself (AsyncLLM + request loop) and its "
@@ -329,15 +341,16 @@ def report(a: argparse.Namespace, model: Path, phases: list[Phase], worker: dict
           "phase (this machine has 2); "
           f"each row is the fastest of {a.repeat} repetitions.")
     print("\nGoals: throughput ratio >= 0.95; TTFT p50 overhead <= 2 ms")
-    for name in ("c1", "c16"):
-        w, b = worker[name].result, inproc[name].result
-        ratio = w.tok_s / b.tok_s
-        over = (w.ttft_p50 - b.ttft_p50) * 1e3
-        print(f"  {name:>4}: ratio {ratio:.3f} [{'ok' if ratio >= 0.95 else 'MISSED'}]   "
-              f"TTFT p50 overhead {over:+.2f} ms [{'ok' if over <= 2 else 'MISSED'}]   "
-              f"ITL {w.itl_mean * 1e3:.2f} vs {b.itl_mean * 1e3:.2f} ms")
+    for transport, worker in workers.items():
+        for name in ("c1", "c16"):
+            w, b = worker[name].result, inproc[name].result
+            ratio = w.tok_s / b.tok_s
+            over = (w.ttft_p50 - b.ttft_p50) * 1e3
+            print(f"  {transport:>14} {name:>4}: ratio {ratio:.3f} [{'ok' if ratio >= 0.95 else 'MISSED'}]   "
+                  f"TTFT p50 overhead {over:+.2f} ms [{'ok' if over <= 2 else 'MISSED'}]   "
+                  f"ITL {w.itl_mean * 1e3:.2f} vs {b.itl_mean * 1e3:.2f} ms")
     long = [p for p in phases if p.name == "long"][0]
-    agg = worker["long"].result
+    agg = workers["Generate"]["long"].result
     print(f"\n~{long.prompt_len}-token prompts, c=1: TTFT p50 aggregated worker {agg.ttft_p50 * 1e3:.1f} ms "
           f"(in-process {inproc['long'].result.ttft_p50 * 1e3:.1f} ms)", end="")
     if "long" in disagg:

@@ -17,9 +17,12 @@ async def serve(config: FrontendConfig) -> None:
     from .app import create_app
     from .server import GracefulServer, uvicorn_config
 
+    from dynamo.runtime.gc_heap import freeze_startup_heap
+
     backend = await create_serving_backend(config)
     try:
         app = create_app(backend, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+        freeze_startup_heap()
         server = GracefulServer(uvicorn_config(app, config.http_host, config.http_port,
                                                config.log_level))
         log.info("frontend listening on http://%s:%d, serving namespace %r (discovery: %s, "

@@ -12,6 +12,7 @@ from dynamo.runtime.config import add_discovery_args
 ROUTER_MODES = ("round-robin", "random", "least-loaded")
 DISCOVERY_BACKENDS = ("file", "etcd")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+REQUEST_TRANSPORTS = ("stream", "unary")  # = dynamo.llm.rpc_client.TRANSPORTS (not imported: heavy)
 
 
 @dataclass
@@ -28,6 +29,7 @@ class FrontendConfig:
     api_key: str | None = None
     log_level: str = "info"
     max_body_bytes: int = 8 * 1024 * 1024
+    request_transport: str = "stream"  # requests to a worker: all on one GenerateStream, or a call each
 
 
 # flag name -> (environment variables, first wins; type)
@@ -40,6 +42,7 @@ _ENV: dict[str, tuple[tuple[str, ...], type]] = {
     "api_key": (("DYN_API_KEY",), str),
     "log_level": (("DYN_LOG_LEVEL",), str),
     "max_body_bytes": (("DYN_HTTP_MAX_BODY_BYTES",), int),
+    "request_transport": (("DYN_GENERATE_TRANSPORT",), str),
 }
 
 
@@ -82,6 +85,10 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
                    help="[DYN_LOG_LEVEL]")
     p.add_argument("--max-body-bytes", type=int, default=d["max_body_bytes"],
                    help="largest accepted request body [DYN_HTTP_MAX_BODY_BYTES]")
+    p.add_argument("--request-transport", choices=REQUEST_TRANSPORTS, default=d["request_transport"],
+                   help="how requests travel to a worker: 'stream' (default) multiplexes them all on "
+                        "one gRPC GenerateStream per worker, outputs ready together in one message; "
+                        "'unary' opens one Generate call per request [DYN_GENERATE_TRANSPORT]")
     return p
 
 
@@ -103,6 +110,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         parser.error(f"--max-inflight-per-worker must be >= 0, got {ns.max_inflight_per_worker}")
     if ns.migration_limit < 0:
         parser.error(f"--migration-limit must be >= 0, got {ns.migration_limit}")
+    if ns.request_transport not in REQUEST_TRANSPORTS:
+        parser.error(f"request transport {ns.request_transport!r} is not one of {', '.join(REQUEST_TRANSPORTS)}")
     if ns.max_body_bytes < 1024:
         parser.error(f"--max-body-bytes must be at least 1024, got {ns.max_body_bytes}")
     return FrontendConfig(
@@ -111,4 +120,5 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         etcd_endpoints=ns.etcd_endpoints, router_mode=ns.router_mode,
         migration_limit=ns.migration_limit, max_inflight_per_worker=ns.max_inflight_per_worker,
         api_key=ns.api_key or None,
-        log_level=ns.log_level.lower(), max_body_bytes=ns.max_body_bytes)
+        log_level=ns.log_level.lower(), max_body_bytes=ns.max_body_bytes,
+        request_transport=ns.request_transport)

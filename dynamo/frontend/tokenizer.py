@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynamo.llm.model_card import ModelCard
+from dynamo.runtime.gc_heap import freeze_startup_heap
 
 from .errors import ApiError
 
@@ -113,6 +114,7 @@ class TokenizerCache:
         finally:
             self._loading.pop(key, None)  # failures are retried by the next request
         self._loaded[key] = tokenizer
+        freeze_startup_heap(collect=False)  # the tokenizer lives as long as the process
         log.info("loaded tokenizer of model %r from %s (vocab %d)", card.served_model_name,
                  card.tokenizer, tokenizer.vocab_size)
         return tokenizer

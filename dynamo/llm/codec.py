@@ -108,8 +108,12 @@ def request_from_pb(m: pb.GenerateRequest) -> GenerateRequest:
 
 # --- outputs ---------------------------------------------------------------------------------
 
-def output_to_pb(o: GenerateOutput) -> pb.GenerateResponse:
-    m = pb.GenerateResponse(token_ids=o.token_ids)
+def output_to_pb(o: GenerateOutput, m: pb.GenerateResponse | None = None) -> pb.GenerateResponse:
+    """`o` as a message; filled into `m` when given (a field of a batch: no copy)."""
+    if m is None:
+        m = pb.GenerateResponse(token_ids=o.token_ids)
+    else:
+        m.token_ids.extend(o.token_ids)
     if o.finish_reason is not None:
         m.finish_reason = _FINISH_TO_PB[o.finish_reason]
     if o.text is not None:

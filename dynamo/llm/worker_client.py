@@ -16,7 +16,7 @@ from dynamo.llm.errors import NoWorkersError, WorkerError
 from dynamo.llm.model_card import ModelCard, Role
 from dynamo.llm.model_pool import ModelPool, card_of
 from dynamo.llm.protocol import FinishReason, GenerateOutput, GenerateRequest, Usage
-from dynamo.llm.rpc_client import generate_on
+from dynamo.llm.rpc_client import generate_on, set_transport
 from dynamo.runtime.discovery import Discovery, open_discovery
 from dynamo.runtime.rpc.client import NoInstancesError
 
@@ -130,6 +130,7 @@ def _usage_across_attempts(original: GenerateRequest, generated: list[int], last
 
 
 async def create_serving_backend(config: FrontendConfig) -> WorkerServingBackend:
+    set_transport(config.request_transport)
     endpoints = [e.strip() for e in config.etcd_endpoints.split(",") if e.strip()]
     discovery = open_discovery(config.discovery_backend, discovery_dir=config.discovery_dir,
                                etcd_endpoints=endpoints)

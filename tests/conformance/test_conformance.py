@@ -10,13 +10,14 @@ import asyncio
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dynamo.llm import codec
 from dynamo.llm.proto import worker_pb2 as pb
 from dynamo.llm.protocol import (DisaggregatedParams, FinishReason, GenerateOutput, GenerateRequest,
                                  OutputOptions, SamplingOptions, StopConditions)
@@ -230,6 +231,124 @@ async def test_cancel_mid_stream_aborts_engine_request(agg: WorkerProcess) -> No
     assert agg.metric("dynamo_worker_request_cancellations_total") == before + 1
 
 
+# --- GenerateStream: many requests over one stream -------------------------------------------------
+
+class RawStream:
+    """One GenerateStream call driven message by message (the wire protocol, not our client)."""
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self._requests: asyncio.Queue[pb.StreamRequest | None] = asyncio.Queue()
+        self.call = worker.stub().GenerateStream(self._iter(), timeout=300)
+        self.items: dict[int, list[pb.StreamItem]] = {}
+        self.messages = 0
+        self._changed = asyncio.Event()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _iter(self) -> AsyncIterator[pb.StreamRequest]:
+        while (msg := await self._requests.get()) is not None:
+            yield msg
+
+    async def _read(self) -> None:
+        async for resp in self.call:
+            self.messages += 1
+            for item in resp.items:
+                self.items.setdefault(item.stream_id, []).append(item)
+            self._changed.set()
+
+    def send(self, sid: int, request: GenerateRequest | pb.GenerateRequest) -> None:
+        msg = request if isinstance(request, pb.GenerateRequest) else codec.request_to_pb(request)
+        self._requests.put_nowait(pb.StreamRequest(stream_id=sid, generate=msg))
+
+    def cancel(self, sid: int) -> None:
+        self._requests.put_nowait(pb.StreamRequest(stream_id=sid, cancel=True))
+
+    def half_close(self) -> None:
+        self._requests.put_nowait(None)
+
+    def tokens(self, sid: int) -> list[int]:
+        return [t for i in self.items.get(sid, []) for t in i.output.token_ids]
+
+    def end(self, sid: int) -> pb.StreamItem | None:
+        return next((i for i in self.items.get(sid, []) if i.done), None)
+
+    async def wait_for(self, cond: Callable[[], bool], timeout: float = 120) -> None:
+        async with asyncio.timeout(timeout):
+            while not cond():
+                self._changed.clear()
+                if self.reader.done():
+                    self.reader.result()  # raises the call's error
+                    assert cond(), "the stream ended before the condition held"
+                await self._changed.wait()
+
+
+async def test_generate_stream_equals_generate_and_batches(agg: WorkerProcess) -> None:
+    reqs = [req(prompt(300 + i, 16 + i), max_tokens=24) for i in range(8)]
+    expected = [tokens(await agg.generate(r)) for r in reqs]
+    rs = RawStream(agg)
+    for sid, r in enumerate(reqs, start=1):
+        rs.send(sid, r)
+    await rs.wait_for(lambda: all(rs.end(sid) for sid in range(1, 9)))
+    for sid, want in enumerate(expected, start=1):
+        end = rs.end(sid)
+        assert end is not None and end.status_code == 0 and end.status_message == ""
+        assert rs.tokens(sid) == want, f"stream {sid} differs from the same request on Generate"
+        assert end.output.finish_reason == pb.FINISH_REASON_LENGTH and end.output.usage.completion_tokens == 24
+    items = sum(len(v) for v in rs.items.values())
+    assert rs.messages < items, f"{items} items in {rs.messages} messages: outputs ready together must share one"
+    rs.half_close()
+    await asyncio.wait_for(rs.reader, 30)  # the server ends the call once its requests are done
+    assert await rs.call.code() == grpc.StatusCode.OK
+
+
+async def test_generate_stream_cancel_one_keeps_others(agg: WorkerProcess) -> None:
+    before = agg.metric("dynamo_worker_request_cancellations_total")
+    rs = RawStream(agg)
+    rs.send(1, req(prompt(310, 20), max_tokens=900))
+    rs.send(2, req(prompt(311, 20), max_tokens=12))
+    await rs.wait_for(lambda: len(rs.tokens(1)) >= 2)
+    rs.cancel(1)
+    await rs.wait_for(lambda: rs.end(1) is not None and rs.end(2) is not None)
+    assert rs.end(1).status_code == grpc.StatusCode.CANCELLED.value[0]  # type: ignore[union-attr]
+    assert len(rs.tokens(1)) < 900
+    assert rs.end(2).status_code == 0 and len(rs.tokens(2)) == 12  # type: ignore[union-attr]
+    assert await agg.wait_unfinished(0, timeout=10) == 0, "the engine still holds the cancelled request"
+    deadline = time.monotonic() + 5
+    while agg.metric("dynamo_worker_request_cancellations_total") < before + 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert agg.metric("dynamo_worker_request_cancellations_total") == before + 1
+    rs.half_close()
+    await asyncio.wait_for(rs.reader, 30)
+
+
+async def test_generate_stream_bad_request_fails_alone(agg: WorkerProcess) -> None:
+    rs = RawStream(agg)
+    rs.send(1, pb.GenerateRequest(request_id="bad", token_ids=[]))
+    rs.send(2, req(prompt(320, 10), max_tokens=8))
+    rs.send(3, pb.GenerateRequest(request_id="bad-vocab", token_ids=[5, 1024]))
+    await rs.wait_for(lambda: all(rs.end(sid) for sid in (1, 2, 3)))
+    assert rs.end(1).status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]  # type: ignore[union-attr]
+    assert "prompt is empty" in rs.end(1).status_message  # type: ignore[union-attr]
+    assert rs.end(3).status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]  # type: ignore[union-attr]
+    assert "outside the vocabulary" in rs.end(3).status_message  # type: ignore[union-attr]
+    assert rs.end(2).status_code == 0 and len(rs.tokens(2)) == 8  # type: ignore[union-attr]
+    rs.half_close()
+    await asyncio.wait_for(rs.reader, 30)
+
+
+async def test_generate_stream_client_gone_aborts_every_request(agg: WorkerProcess) -> None:
+    before = agg.metric("dynamo_worker_request_cancellations_total")
+    rs = RawStream(agg)
+    for sid in (1, 2, 3):
+        rs.send(sid, req(prompt(330 + sid, 20), max_tokens=900))
+    await rs.wait_for(lambda: all(len(rs.tokens(sid)) >= 1 for sid in (1, 2, 3)))
+    rs.call.cancel()
+    assert await agg.wait_unfinished(0, timeout=10) == 0, "the engine still holds the stream's requests"
+    deadline = time.monotonic() + 5
+    while agg.metric("dynamo_worker_request_cancellations_total") < before + 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert agg.metric("dynamo_worker_request_cancellations_total") == before + 3
+
+
 BAD_REQUESTS = [
     ("empty prompt", lambda r: setattr(r, "token_ids", []), "prompt is empty"),
     ("token outside vocabulary", lambda r: setattr(r, "token_ids", [5, 1024]), "outside the vocabulary"),
@@ -342,12 +461,22 @@ async def test_dead_prefill_worker_fails_decode_fast(disagg: tuple[WorkerProcess
 
 async def test_sigterm_drains_then_deregisters(agg: WorkerProcess) -> None:
     streams = [asyncio.create_task(agg.generate(req(prompt(70 + i, 20), max_tokens=64))) for i in range(4)]
+    shared = RawStream(agg)  # and two requests on one GenerateStream
+    for sid in (1, 2):
+        shared.send(sid, req(prompt(80 + sid, 20), max_tokens=64))
+    await shared.wait_for(lambda: bool(shared.tokens(1) and shared.tokens(2)), timeout=30)
     deadline = time.monotonic() + 30
-    while (await agg.stats()).inflight_requests < 4 and time.monotonic() < deadline:
+    while (await agg.stats()).inflight_requests < 6 and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     agg.signal(signal.SIGTERM)
     results = await asyncio.wait_for(asyncio.gather(*streams), 120)
     assert [len(tokens(r)) for r in results] == [64] * 4
+    await shared.wait_for(lambda: bool(shared.end(1) and shared.end(2)))
+    assert [len(shared.tokens(sid)) for sid in (1, 2)] == [64, 64]
+    assert [shared.end(sid).status_code for sid in (1, 2)] == [0, 0]  # type: ignore[union-attr]
+    with pytest.raises(grpc.aio.AioRpcError) as stopped:  # the worker ends the stream once drained
+        await asyncio.wait_for(shared.reader, 60)
+    assert stopped.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     assert await asyncio.to_thread(agg.wait, 60) == 0
     live = await agg.registered()
     assert agg.record.instance_id not in [r.instance_id for r in live], "still registered after exit"  # type: ignore[union-attr]

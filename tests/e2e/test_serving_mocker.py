@@ -112,9 +112,13 @@ async def test_bad_requests_get_openai_errors(cluster, tiny_model_dir: Path) -> 
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
 
 
-async def test_least_loaded_prefers_idle_worker(tmp_path: Path, tiny_model_dir: Path) -> None:
+TRANSPORTS = pytest.mark.parametrize("transport", ["stream", "unary"])
+
+
+@TRANSPORTS
+async def test_least_loaded_prefers_idle_worker(tmp_path: Path, tiny_model_dir: Path, transport: str) -> None:
     workers = [await start_mocker(tmp_path, tiny_model_dir, "--speedup-ratio", "1", name=f"slow{i}") for i in range(2)]
-    fe = FrontendProcess(tmp_path, "--router-mode", "least-loaded")
+    fe = FrontendProcess(tmp_path, "--router-mode", "least-loaded", "--request-transport", transport)
     try:
         await fe.wait_models({tiny_model_dir.name})
         c = client(fe)
@@ -161,9 +165,11 @@ async def _stream_tokens_with_kill(fe: FrontendProcess, workers: list[WorkerProc
     return usage or 0, None
 
 
-async def test_migration_continues_stream_on_another_worker(tmp_path: Path, tiny_model_dir: Path) -> None:
+@TRANSPORTS
+async def test_migration_continues_stream_on_another_worker(tmp_path: Path, tiny_model_dir: Path,
+                                                            transport: str) -> None:
     workers = [await start_mocker(tmp_path, tiny_model_dir, "--speedup-ratio", "2", name=f"m{i}") for i in range(2)]
-    fe = FrontendProcess(tmp_path, "--migration-limit", "1")
+    fe = FrontendProcess(tmp_path, "--migration-limit", "1", "--request-transport", transport)
     try:
         await fe.wait_models({tiny_model_dir.name})
         completion_tokens, _ = await asyncio.wait_for(
@@ -176,9 +182,11 @@ async def test_migration_continues_stream_on_another_worker(tmp_path: Path, tiny
             await w.close()
 
 
-async def test_without_migration_the_client_gets_a_clean_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+@TRANSPORTS
+async def test_without_migration_the_client_gets_a_clean_error(tmp_path: Path, tiny_model_dir: Path,
+                                                               transport: str) -> None:
     workers = [await start_mocker(tmp_path, tiny_model_dir, "--speedup-ratio", "2", name=f"n{i}") for i in range(2)]
-    fe = FrontendProcess(tmp_path, "--migration-limit", "0")
+    fe = FrontendProcess(tmp_path, "--migration-limit", "0", "--request-transport", transport)
     try:
         await fe.wait_models({tiny_model_dir.name})
         t0 = time.monotonic()
@@ -214,6 +222,41 @@ async def test_overloaded_workers_answer_429(tmp_path: Path, tiny_model_dir: Pat
             await asyncio.sleep(0.05)
         ok = await c.completions.create(model=tiny_model_dir.name, prompt="after", max_tokens=2)
         assert ok.usage.completion_tokens == 2  # type: ignore[union-attr]
+    finally:
+        fe.close()
+        await worker.close()
+
+
+@TRANSPORTS
+async def test_client_disconnect_cancels_the_worker_request(tmp_path: Path, tiny_model_dir: Path,
+                                                            transport: str) -> None:
+    """An HTTP client that hangs up mid-stream: the frontend cancels the request, the cancellation
+    travels to the worker (a cancel on the shared stream, or the call's cancel), the engine drops it."""
+    worker = await start_mocker(tmp_path, tiny_model_dir, "--speedup-ratio", "1", name="hangup")
+    fe = FrontendProcess(tmp_path, "--request-transport", transport)
+    try:
+        await fe.wait_models({tiny_model_dir.name})
+        before = worker.metric("dynamo_worker_request_cancellations_total")
+        body = {"model": tiny_model_dir.name, "prompt": "hang up on me", "max_tokens": 1500, "stream": True,
+                "ignore_eos": True}
+        async with httpx.AsyncClient(base_url=fe.base_url.removesuffix("/v1"), timeout=30) as h:
+            async with h.stream("POST", "/v1/completions", json=body) as r:
+                assert r.status_code == 200
+                chunks = 0
+                async for line in r.aiter_lines():
+                    chunks += line.startswith("data: ")
+                    if chunks >= 3:
+                        break  # leaving the block closes the connection mid-stream
+        deadline = time.monotonic() + 10
+        while (worker.metric("dynamo_worker_request_cancellations_total") == before
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.05)
+        assert worker.metric("dynamo_worker_request_cancellations_total") == before + 1
+        assert worker.metric("dynamo_worker_inflight_requests") == 0
+        assert (await worker.stats()).unfinished_requests == 0, "the engine still runs the abandoned request"
+        # the worker (and, for the stream transport, the shared stream) keeps serving
+        ok = await client(fe).completions.create(model=tiny_model_dir.name, prompt="next", max_tokens=3)
+        assert ok.usage.completion_tokens == 3  # type: ignore[union-attr]
     finally:
         fe.close()
         await worker.close()

@@ -37,10 +37,18 @@ def test_env_then_flag_precedence() -> None:
     (["--migration-limit", "-1"], {}),
     (["--max-inflight-per-worker", "-1"], {}),
     (["--discovery-backend", "zookeeper"], {}),
+    ([], {"DYN_GENERATE_TRANSPORT": "carrier-pigeon"}),
 ])
 def test_bad_values_exit_with_a_message(argv: list[str], env: dict[str, str],
                                         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         parse_args(argv, env=env)
     message = capsys.readouterr().err + str(info.value.code)
-    assert any(w in message for w in ("fastest", "eighty", "70000", "-1", "zookeeper"))
+    assert any(w in message for w in ("fastest", "eighty", "70000", "-1", "zookeeper", "carrier-pigeon"))
+
+
+def test_request_transport() -> None:
+    assert parse_args([], env={}).request_transport == "stream"
+    assert parse_args([], env={"DYN_GENERATE_TRANSPORT": "unary"}).request_transport == "unary"
+    assert parse_args(["--request-transport", "stream"], env={"DYN_GENERATE_TRANSPORT": "unary"}
+                      ).request_transport == "stream"

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from dynamo.llm import codec
 from dynamo.llm.model_card import ModelCard
-from dynamo.llm.protocol import EngineInfo, GenerateOutput, GenerateRequest, StopConditions
+from dynamo.llm.protocol import EngineInfo, FinishReason, GenerateOutput, GenerateRequest, StopConditions
 from dynamo.llm.worker.metrics import WorkerMetrics
 from dynamo.llm.worker.servicer import WorkerServicer
 from dynamo.runtime.rpc.server import RpcServer
@@ -115,3 +115,69 @@ async def test_engine_bug_is_internal_not_cancelled() -> None:
     assert "adapter bug" in ctx.aborted[1]
     assert _value(registry, "dynamo_worker_request_errors_total", kind="internal") == 1
     assert _value(registry, "dynamo_worker_request_cancellations_total") == 0
+
+
+# --- GenerateStream session ---------------------------------------------------------------------
+
+class _GatedContext:
+    """Writes wait for `gate` (a slow network); what was written is kept."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.batches: list[object] = []
+
+    async def write(self, message: object) -> None:
+        await self.gate.wait()
+        self.batches.append(message)
+
+
+class _TwoTokenServer:
+    def __init__(self) -> None:
+        self.finished = asyncio.Event()
+
+    async def serve_request(self, request, emit, client_cancelled=lambda: False):  # type: ignore[no-untyped-def]
+        await emit(GenerateOutput(token_ids=[7]))
+        await emit(GenerateOutput(token_ids=[8], finish_reason=FinishReason.LENGTH))
+        self.finished.set()
+        return None
+
+
+async def test_stream_session_holds_drain_until_its_last_output_is_written() -> None:
+    from contextlib import contextmanager
+
+    from dynamo.llm.proto import worker_pb2 as pb
+    from dynamo.llm.worker.stream_session import StreamSession
+
+    held = 0
+
+    @contextmanager
+    def track():  # type: ignore[no-untyped-def]
+        nonlocal held
+        held += 1
+        try:
+            yield
+        finally:
+            held -= 1
+
+    client_open = asyncio.Event()  # the client keeps the stream open (never set)
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield pb.StreamRequest(stream_id=5, generate=_request())
+        await client_open.wait()
+
+    server, ctx = _TwoTokenServer(), _GatedContext()
+    session = asyncio.create_task(StreamSession(server, ctx, track).run(requests()))  # type: ignore[arg-type]
+    await asyncio.wait_for(server.finished.wait(), 5)
+    await asyncio.sleep(0)
+    assert held == 1, "the request finished but its outputs are unsent: a drain must still wait"
+    ctx.gate.set()
+    async with asyncio.timeout(5):
+        while held:
+            await asyncio.sleep(0.01)
+    items = [i for b in ctx.batches for i in b.items]  # type: ignore[attr-defined]
+    assert [list(i.output.token_ids) for i in items] == [[7], [8]]
+    assert len(ctx.batches) == 1, "outputs produced together travel in one message"
+    assert items[-1].done and items[-1].status_code == 0 and not items[0].done
+    session.cancel()
+    await asyncio.gather(session, return_exceptions=True)
+    assert held == 0

@@ -39,6 +39,11 @@ class WorkerStub:
                 request_serializer=dynamo_dot_llm_dot_proto_dot_worker__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=dynamo_dot_llm_dot_proto_dot_worker__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.GenerateStream = channel.stream_stream(
+                '/dynamo.llm.v1.Worker/GenerateStream',
+                request_serializer=dynamo_dot_llm_dot_proto_dot_worker__pb2.StreamRequest.SerializeToString,
+                response_deserializer=dynamo_dot_llm_dot_proto_dot_worker__pb2.StreamResponse.FromString,
+                _registered_method=True)
         self.ClearKvBlocks = channel.unary_unary(
                 '/dynamo.llm.v1.Worker/ClearKvBlocks',
                 request_serializer=dynamo_dot_llm_dot_proto_dot_worker__pb2.ClearKvBlocksRequest.SerializeToString,
@@ -69,6 +74,19 @@ class WorkerServicer:
         message per engine step; several tokens per message when several are ready together). The
         last message has finish_reason set and usage filled. Cancelling the call aborts the engine
         request. Bad input fails with INVALID_ARGUMENT before the first message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateStream(self, request_iterator, context):
+        """Many requests over one long-lived stream (what the frontend and decode workers use): the
+        client sends requests and cancellations, the server sends the outputs of all of them, those
+        that are ready together in one message. Each request behaves exactly as it does on Generate;
+        a request that fails ends with an item carrying its status (the stream stays up for the
+        others). Ending the stream (or the client going away) cancels every request still on it.
+        Why: one gRPC message per token per request costs ~40 us of CPU at each end; at 16 requests
+        per engine step this carries one message per step instead of 16.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +128,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=dynamo_dot_llm_dot_proto_dot_worker__pb2.GenerateRequest.FromString,
                     response_serializer=dynamo_dot_llm_dot_proto_dot_worker__pb2.GenerateResponse.SerializeToString,
+            ),
+            'GenerateStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.GenerateStream,
+                    request_deserializer=dynamo_dot_llm_dot_proto_dot_worker__pb2.StreamRequest.FromString,
+                    response_serializer=dynamo_dot_llm_dot_proto_dot_worker__pb2.StreamResponse.SerializeToString,
             ),
             'ClearKvBlocks': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearKvBlocks,
@@ -159,6 +182,33 @@ class Worker:
             '/dynamo.llm.v1.Worker/Generate',
             dynamo_dot_llm_dot_proto_dot_worker__pb2.GenerateRequest.SerializeToString,
             dynamo_dot_llm_dot_proto_dot_worker__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dynamo.llm.v1.Worker/GenerateStream',
+            dynamo_dot_llm_dot_proto_dot_worker__pb2.StreamRequest.SerializeToString,
+            dynamo_dot_llm_dot_proto_dot_worker__pb2.StreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,6 +19,7 @@ from dynamo.llm.worker.args import WorkerConfig
 from dynamo.llm.worker.handlers import make_handler
 from dynamo.llm.worker.metrics import BoundWorkerMetrics, WorkerMetrics
 from dynamo.llm.worker.servicer import SERVICE_NAME, WorkerServicer
+from dynamo.runtime.gc_heap import freeze_startup_heap
 from dynamo.runtime.runtime import DistributedRuntime
 
 log = logging.getLogger("dynamo.worker")
@@ -106,6 +107,7 @@ async def _serve(engine: LLMEngine, config: WorkerConfig, source: ModelSource) -
         runtime.add_health_check(health.check)
         canary = asyncio.create_task(_health_loop(engine, servicer, metrics, runtime, health,
                                                   config, info), name="health canary")
+        freeze_startup_heap()  # before taking traffic: full GCs must not walk the engine's heap
         await runtime.set_ready()
         log.info("serving %s (%s, role %s) as %s instance %s at %s; discovery %s%s",
                  source.served_model_name, engine.name, config.role.value, config.address,

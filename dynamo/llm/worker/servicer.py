@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -14,10 +15,11 @@ from dynamo.llm.errors import NoWorkersError, PrefillError
 from dynamo.llm.model_card import ModelCard
 from dynamo.llm.proto import worker_pb2 as pb
 from dynamo.llm.proto import worker_pb2_grpc as pb_grpc
-from dynamo.llm.protocol import EngineInfo, FinishReason, InvalidRequest
+from dynamo.llm.protocol import EngineInfo, FinishReason, GenerateOutput, InvalidRequest
 from dynamo.llm.worker.handlers import RequestHandler
 from dynamo.llm.worker.kv_relay import KvEventRelay
 from dynamo.llm.worker.metrics import BoundWorkerMetrics
+from dynamo.llm.worker.stream_session import Failure, StreamSession
 from dynamo.runtime.rpc.server import RpcServer
 
 log = logging.getLogger(__name__)
@@ -49,25 +51,44 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.instance_id = instance_id
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
+        async def emit(out: GenerateOutput) -> None:
+            await context.write(codec.output_to_pb(out))
+
+        failure = await self.serve_request(request, emit, context.cancelled)
+        if failure is not None:
+            await context.abort(*failure)
+
+    async def GenerateStream(self, request_iterator: AsyncIterator[pb.StreamRequest],
+                             context: grpc.aio.ServicerContext) -> None:
+        await StreamSession(self, context, self._server.track).run(request_iterator)
+
+    async def serve_request(self, request: pb.GenerateRequest, emit: Callable[[GenerateOutput], Awaitable[None]],
+                            client_cancelled: Callable[[], bool] = lambda: False) -> Failure | None:
+        """Run one request, handing each output to `emit`; the same for both transports.
+
+        Returns None when the request finished, or the status to end it with (bad input, prefill
+        or engine failure). A client that goes away (cancellation, or `emit` failing) propagates.
+        """
         if self._handler is None or self._info is None or self._card is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is starting; the engine is not ready")
-            return
+            return grpc.StatusCode.UNAVAILABLE, "worker is starting; the engine is not ready"
+        if self._server.draining:
+            return grpc.StatusCode.UNAVAILABLE, "worker is draining; send the request to another worker"
         try:
             req = codec.request_from_pb(request)
             req.validate_common(vocab_size=self._info.vocab_size, context_length=self._info.context_length,
                                 served_model=self._card.served_model_name)
         except InvalidRequest as e:
             self._metrics.request_done("invalid")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            return
+            return grpc.StatusCode.INVALID_ARGUMENT, str(e)
         rid = req.request_id
         m = self._metrics
         m.prompt_tokens.inc(len(req.token_ids))
         t0 = time.perf_counter()
         first = True
         status = "cancelled"
+        failure: Failure | None = None
         produced = 0  # metrics are updated once per request, not per message (hot path)
-        write_failed = False
+        emit_failed = False
         stream = self._handler.generate(req)
         with self._server.track():
             m.inflight.inc()
@@ -80,44 +101,44 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                     if out.usage is not None and out.usage.cached_tokens:
                         m.cached_tokens.inc(out.usage.cached_tokens)
                     try:
-                        await context.write(codec.output_to_pb(out))
+                        await emit(out)
                     except Exception:
                         # The client went away: under load, grpc can fail the write before it
                         # marks the call cancelled, so a failed write is a cancellation too.
-                        write_failed = True
+                        emit_failed = True
                         raise
                     if out.finish_reason is not None:
                         status = _STATUS_OF_FINISH.get(out.finish_reason, "success")
             except InvalidRequest as e:
                 status = "invalid"
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                failure = grpc.StatusCode.INVALID_ARGUMENT, str(e)
             except PrefillError as e:
                 status = "error"
                 m.error("prefill")
                 log.warning("[%s] %s", rid, e)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+                failure = grpc.StatusCode.UNAVAILABLE, str(e)
             except NoWorkersError as e:
                 status = "error"
                 m.error("no_prefill_worker")
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+                failure = grpc.StatusCode.UNAVAILABLE, str(e)
             except EngineError as e:
                 status = "error"
                 m.error("engine")
                 log.error("[%s] engine error: %s", rid, e)
-                await context.abort(grpc.StatusCode.INTERNAL, f"engine error: {e}")
+                failure = grpc.StatusCode.INTERNAL, f"engine error: {e}"
             except asyncio.CancelledError:
                 log.debug("[%s] cancelled by the client", rid)
                 raise
             except Exception as e:
                 # A client that cancels while we write can surface as a failed write, not as
                 # CancelledError; anything else is a bug in an adapter or the shell.
-                if write_failed or context.cancelled():
+                if emit_failed or client_cancelled():
                     log.debug("[%s] cancelled by the client", rid)
                     raise
                 status = "error"
                 m.error("internal")
                 log.exception("[%s] request failed", rid)
-                await context.abort(grpc.StatusCode.INTERNAL, f"worker error: {e!r}")
+                failure = grpc.StatusCode.INTERNAL, f"worker error: {e!r}"
             finally:
                 # Bookkeeping first: closing the stream awaits the engine and may itself fail.
                 m.output_tokens.inc(produced)
@@ -129,6 +150,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
                     await aclose()  # aborts the engine request if it is still running
+        return failure
 
     async def ClearKvBlocks(self, request: pb.ClearKvBlocksRequest, context: grpc.aio.ServicerContext
                             ) -> pb.ClearKvBlocksResponse:

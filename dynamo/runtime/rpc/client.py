@@ -95,6 +95,14 @@ class EndpointClient:
     def inflight(self, instance_id: str) -> int:
         return self._inflight.get(instance_id, 0)
 
+    def acquire(self, instance_id: str) -> None:
+        """Count a request as in flight on the instance (least-loaded routing reads it); `stream()`
+        does it itself, requests that travel another way call this and `release`."""
+        self._inflight[instance_id] = self._inflight.get(instance_id, 0) + 1
+
+    def release(self, instance_id: str) -> None:
+        self._inflight[instance_id] -= 1
+
     async def wait_for_instances(self, timeout: float) -> list[InstanceRecord]:
         if not await self._watcher.wait_for(lambda _: bool(self.instances()), timeout):
             raise NoInstancesError(f"no instance of {self.address} appeared within {timeout:g} s")
@@ -142,7 +150,7 @@ class EndpointClient:
         rec = record or self.select(instance_id=instance_id)
         call = self._callable(rec, method, request_serializer, response_deserializer)(
             request, timeout=timeout, metadata=metadata)
-        self._inflight[rec.instance_id] = self._inflight.get(rec.instance_id, 0) + 1
+        self.acquire(rec.instance_id)
         try:
             while True:
                 try:
@@ -153,7 +161,7 @@ class EndpointClient:
                     return
                 yield msg
         finally:
-            self._inflight[rec.instance_id] -= 1
+            self.release(rec.instance_id)
             if not call.done():
                 call.cancel()
 

@@ -1,0 +1,160 @@
+"""The client end of `GenerateStream`: one long-lived stream per worker, shared by every request
+this process sends there (the frontend, a decode worker asking prefill workers).
+
+A request gets a stream id and a queue; one reader task hands each received item to its request's
+queue. A request that stops early (its consumer went away) sends a cancel for its stream id. When the
+stream breaks (the worker died or drained away), every request on it fails the way a `Generate`
+call would have (InstanceUnreachableError or grpc.aio.AioRpcError), so callers handle both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from dynamo.llm import codec
+from dynamo.llm.proto import worker_pb2 as pb
+from dynamo.llm.protocol import GenerateOutput, GenerateRequest
+from dynamo.runtime.discovery.records import InstanceRecord
+from dynamo.runtime.rpc.client import EndpointClient, translate_rpc_error
+
+log = logging.getLogger(__name__)
+
+GENERATE_STREAM_METHOD = "/dynamo.llm.v1.Worker/GenerateStream"
+_NO_METADATA = grpc.aio.Metadata()
+
+
+class _Broken:
+    """Queued to every open request when the stream breaks."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class WorkerStream:
+    """One GenerateStream call to one worker instance."""
+
+    def __init__(self, client: EndpointClient, record: InstanceRecord) -> None:
+        self.record = record
+        self.channel = client.channel(record)
+        self._client = client
+        self._queues: dict[int, asyncio.Queue[pb.StreamItem | _Broken]] = {}
+        self._ids = itertools.count(1)
+        self._outbox: asyncio.Queue[pb.StreamRequest] = asyncio.Queue()
+        self.error: BaseException | None = None
+        method = self.channel.stream_stream(GENERATE_STREAM_METHOD,
+                                            request_serializer=pb.StreamRequest.SerializeToString,
+                                            response_deserializer=pb.StreamResponse.FromString,
+                                            _registered_method=True)
+        self._call = method(self._requests())
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @property
+    def broken(self) -> bool:
+        return self.error is not None
+
+    async def _requests(self) -> AsyncIterator[pb.StreamRequest]:
+        while True:
+            yield await self._outbox.get()
+
+    async def _read_loop(self) -> None:
+        error: BaseException
+        try:
+            while True:
+                resp = await self._call.read()
+                if resp is grpc.aio.EOF:
+                    error = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, _NO_METADATA, _NO_METADATA,
+                                                 "the worker ended the stream")
+                    break
+                for item in resp.items:
+                    queue = self._queues.get(item.stream_id)
+                    if queue is not None:
+                        queue.put_nowait(item)
+        except grpc.aio.AioRpcError as e:
+            error = translate_rpc_error(e, self.record)
+        except asyncio.CancelledError:
+            error = grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, _NO_METADATA, _NO_METADATA,
+                                         "the client closed the stream")
+        except Exception as e:  # a bug; fail the requests rather than leave them waiting
+            log.exception("GenerateStream to %s: reader failed", self.record.target)
+            error = e
+        self.error = error
+        for queue in self._queues.values():
+            queue.put_nowait(_Broken(error))
+
+    async def generate(self, request: GenerateRequest, timeout: float | None = None
+                       ) -> AsyncIterator[GenerateOutput]:
+        """The request's outputs. Raises as a Generate call to the same worker would."""
+        if self.error is not None:
+            raise self.error
+        sid = next(self._ids)
+        queue: asyncio.Queue[pb.StreamItem | _Broken] = asyncio.Queue()
+        self._queues[sid] = queue
+        self._outbox.put_nowait(pb.StreamRequest(stream_id=sid, generate=codec.request_to_pb(request)))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = False
+        self._client.acquire(self.record.instance_id)
+        try:
+            while True:
+                if deadline is None:
+                    item = await queue.get()
+                else:
+                    try:
+                        item = await asyncio.wait_for(queue.get(), max(0.0, deadline - time.monotonic()))
+                    except TimeoutError:
+                        raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, _NO_METADATA,
+                                                   _NO_METADATA, f"no answer within {timeout:g} s") from None
+                if isinstance(item, _Broken):
+                    done = True  # nothing left to cancel
+                    raise item.error
+                if item.HasField("output"):
+                    yield codec.output_from_pb(item.output)
+                if item.done:
+                    done = True
+                    if item.status_code:
+                        raise grpc.aio.AioRpcError(_status_code(item.status_code), _NO_METADATA,
+                                                   _NO_METADATA, item.status_message)
+                    return
+        finally:
+            self._client.release(self.record.instance_id)
+            self._queues.pop(sid, None)
+            if not done and self.error is None:
+                self._outbox.put_nowait(pb.StreamRequest(stream_id=sid, cancel=True))
+
+    async def close(self) -> None:
+        self._call.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _status_code(value: int) -> grpc.StatusCode:
+    return _CODES.get(value, grpc.StatusCode.UNKNOWN)
+
+
+class WorkerStreams:
+    """The open GenerateStream per worker instance of one EndpointClient (opened on first use,
+    replaced when broken or when the instance's channel was replaced)."""
+
+    def __init__(self, client: EndpointClient) -> None:
+        self._client = client
+        self._streams: dict[str, WorkerStream] = {}
+
+    def get(self, record: InstanceRecord) -> WorkerStream:
+        stream = self._streams.get(record.instance_id)
+        if stream is None or stream.broken or stream.channel is not self._client.channel(record):
+            for iid in [i for i, s in self._streams.items() if s.broken]:  # instances gone since
+                del self._streams[iid]
+            stream = WorkerStream(self._client, record)
+            self._streams[record.instance_id] = stream
+        return stream
+
+    async def close(self) -> None:
+        streams, self._streams = list(self._streams.values()), {}
+        await asyncio.gather(*(s.close() for s in streams), return_exceptions=True)

@@ -1,0 +1,150 @@
+"""One `GenerateStream` call on a worker: many requests over one stream, their outputs batched.
+
+Each request runs as its own task through the same code as `Generate` (WorkerServicer.serve_request);
+its outputs go into one pending `StreamResponse`, which a single writer sends whenever the previous
+write has completed. Outputs that become ready together (one engine step of many requests) thus
+travel in one message, and a slow client gets bigger messages rather than more of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+import grpc
+
+from dynamo.llm import codec
+from dynamo.llm.proto import worker_pb2 as pb
+from dynamo.llm.protocol import GenerateOutput
+
+log = logging.getLogger(__name__)
+
+#: how a request ends when it does not finish normally: a gRPC status code and what went wrong
+Failure = tuple[grpc.StatusCode, str]
+
+
+class RequestServer(Protocol):
+    async def serve_request(self, request: pb.GenerateRequest,
+                            emit: Callable[[GenerateOutput], Awaitable[None]],
+                            client_cancelled: Callable[[], bool] = ...) -> Failure | None: ...
+
+
+class StreamSession:
+    def __init__(self, server: RequestServer, context: grpc.aio.ServicerContext,
+                 track: Callable[[], AbstractContextManager[None]]) -> None:
+        """`track`: the server's in-flight accounting (a drain waits for it). Each request holds
+        it while it runs; the session holds it while outputs wait to be sent, so a draining worker
+        stops only once the last output is on the wire, not merely produced."""
+        self._server = server
+        self._context = context
+        self._track = track
+        self._held: AbstractContextManager[None] | None = None
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._pending = pb.StreamResponse()
+        self._ready = asyncio.Event()
+        self._write_error: BaseException | None = None
+        self._closing = False
+
+    async def run(self, requests: AsyncIterator[pb.StreamRequest]) -> None:
+        writer = asyncio.create_task(self._write_loop())
+        try:
+            async for msg in requests:
+                if self._write_error is not None:
+                    break
+                self._dispatch(msg)
+            # The client half-closed: what it already sent runs to the end, then the call ends.
+            while self._tasks:
+                await asyncio.wait(list(self._tasks.values()))
+            self._closing = True  # the writer sends what is pending, then returns
+            self._ready.set()
+            await writer
+        finally:
+            # The client went away, or the call is being torn down: cancel every request still
+            # running (each counts as a cancellation and aborts its engine request).
+            tasks = list(self._tasks.values())
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if not writer.done():
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+            self._release(force=True)
+
+    def _hold(self) -> None:
+        if self._held is None:
+            self._held = self._track()
+            self._held.__enter__()
+
+    def _release(self, force: bool = False) -> None:
+        if self._held is not None and (force or not self._pending.items):
+            held, self._held = self._held, None
+            held.__exit__(None, None, None)
+
+    def _dispatch(self, msg: pb.StreamRequest) -> None:
+        sid = msg.stream_id
+        kind = msg.WhichOneof("kind")
+        if kind == "generate":
+            if sid in self._tasks:
+                self._end(sid, grpc.StatusCode.INVALID_ARGUMENT,
+                          f"stream_id {sid} is already in use by a running request on this stream")
+                return
+            self._tasks[sid] = asyncio.create_task(self._run_one(sid, msg.generate))
+        elif kind == "cancel":
+            task = self._tasks.get(sid)
+            if task is not None:
+                task.cancel()
+        else:
+            self._end(sid, grpc.StatusCode.INVALID_ARGUMENT, "a StreamRequest must carry `generate` or `cancel`")
+
+    async def _run_one(self, sid: int, request: pb.GenerateRequest) -> None:
+        async def emit(out: GenerateOutput) -> None:
+            codec.output_to_pb(out, self._add(sid).output)
+
+        try:
+            failure = await self._server.serve_request(request, emit)
+        except asyncio.CancelledError:
+            self._end(sid, grpc.StatusCode.CANCELLED, "cancelled")
+            raise
+        finally:
+            self._tasks.pop(sid, None)
+        if failure is None:
+            self._end(sid, grpc.StatusCode.OK, "")
+        else:
+            self._end(sid, *failure)
+
+    def _add(self, sid: int) -> pb.StreamItem:
+        if not self._pending.items:
+            self._ready.set()
+            self._hold()
+        return self._pending.items.add(stream_id=sid)
+
+    def _end(self, sid: int, code: grpc.StatusCode, message: str) -> None:
+        items = self._pending.items
+        # Usually the request's last output is still waiting to be sent: mark it, no extra item.
+        item = items[-1] if items and items[-1].stream_id == sid and not message else self._add(sid)
+        item.done = True
+        item.status_code = code.value[0]
+        item.status_message = message
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                if self._pending.items:
+                    batch, self._pending = self._pending, pb.StreamResponse()
+                    await self._context.write(batch)
+                self._release()
+                if self._closing and not self._pending.items:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the client is gone: nobody can receive what the requests produce
+            log.debug("GenerateStream: write failed (%r); cancelling the stream's requests", e)
+            self._write_error = e
+            for t in list(self._tasks.values()):
+                t.cancel()
