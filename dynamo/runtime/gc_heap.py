@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,8 @@ def freeze_startup_heap(collect: bool = True) -> None:
     """Call once start-up is done. `collect`: first free the start-up garbage (one full collection,
     a pause of its own); without it, whatever garbage exists now is kept for good (cheap; for
     processes that load more later, e.g. a frontend loading a tokenizer)."""
+    if os.environ.get("DYN_GC_FREEZE") == "0":  # opt-out, e.g. to compare pause times
+        return
     t0 = time.perf_counter()
     if collect:
         gc.collect()

@@ -130,6 +130,9 @@ class _GatedContext:
         await self.gate.wait()
         self.batches.append(message)
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
 
 class _TwoTokenServer:
     def __init__(self) -> None:

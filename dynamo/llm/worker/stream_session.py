@@ -55,7 +55,11 @@ class StreamSession:
                 if self._write_error is not None:
                     break
                 self._dispatch(msg)
-            # The client half-closed: what it already sent runs to the end, then the call ends.
+            # The client half-closed (or went away: grpc reads that as the end of the requests too,
+            # and then cancels this handler): what it sent runs to the end, then the call ends.
+            if self._tasks:
+                log.debug("GenerateStream from %s: no more requests; %d still running",
+                          self._context.peer(), len(self._tasks))
             while self._tasks:
                 await asyncio.wait(list(self._tasks.values()))
             self._closing = True  # the writer sends what is pending, then returns
@@ -65,6 +69,9 @@ class StreamSession:
             # The client went away, or the call is being torn down: cancel every request still
             # running (each counts as a cancellation and aborts its engine request).
             tasks = list(self._tasks.values())
+            if tasks:
+                log.info("GenerateStream from %s ended with %d request(s) running: cancelling them",
+                         self._context.peer(), len(tasks))
             for t in tasks:
                 t.cancel()
             if tasks:
