@@ -126,10 +126,6 @@ class WorkerStream:
             if not done and self.error is None:
                 self._outbox.put_nowait(pb.StreamRequest(stream_id=sid, cancel=True))
 
-    async def close(self) -> None:
-        self._call.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
-
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -140,7 +136,8 @@ def _status_code(value: int) -> grpc.StatusCode:
 
 class WorkerStreams:
     """The open GenerateStream per worker instance of one EndpointClient (opened on first use,
-    replaced when broken or when the instance's channel was replaced)."""
+    replaced when broken or when the instance's channel was replaced). Closing the client's
+    channels ends them."""
 
     def __init__(self, client: EndpointClient) -> None:
         self._client = client
@@ -154,7 +151,3 @@ class WorkerStreams:
             stream = WorkerStream(self._client, record)
             self._streams[record.instance_id] = stream
         return stream
-
-    async def close(self) -> None:
-        streams, self._streams = list(self._streams.values()), {}
-        await asyncio.gather(*(s.close() for s in streams), return_exceptions=True)
