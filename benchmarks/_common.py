@@ -127,7 +127,7 @@ async def run_loadgen(args: list[str], timeout: float, server_pids: Sequence[int
     os.close(fd)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(LOADGEN), *args, "--out", out_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+        env={**os.environ, "PYTHONPATH": str(REPO)}, process_group=0)
     track(proc.pid)
     assert proc.stdout is not None and proc.stderr is not None
     stderr = asyncio.ensure_future(proc.stderr.read())

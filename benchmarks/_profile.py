@@ -36,7 +36,7 @@ class Sampler:
         self.out = out
         self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking", "--gil",
                                       "--format", "raw", "--output", str(out), "--duration", "600"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, process_group=0)
         track(self.proc.pid)
 
     def stop(self) -> Path:

@@ -93,7 +93,7 @@ async def run_phases(argv: Sequence[str], timeout: float, env: dict[str, str]) -
     lines, e.g. vLLM's logs, are ignored) and exits. Returns the JSON objects; kills the group."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, limit=1 << 26,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env}, start_new_session=True)
+        env={**os.environ, "PYTHONPATH": str(REPO), **env}, process_group=0)
     track(proc.pid)
     assert proc.stdout is not None and proc.stderr is not None
     stderr = asyncio.ensure_future(proc.stderr.read())

@@ -62,7 +62,7 @@ class Frontend:
             [sys.executable, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(self.port),
              "--namespace", namespace, "--discovery-backend", "file", "--discovery-dir", str(discovery),
              "--log-level", "warning"],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=self._log, stderr=subprocess.STDOUT, process_group=0,
             env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
         track(self.proc.pid)
 

@@ -51,8 +51,11 @@ class WorkerProcess:
         full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                     **(env or {})}
         self._log = open(self.log_path, "w")
+        # A process group of its own (killed as one), in the test's session: with Linux autogroup
+        # a worker session holding vLLM's spin-waiting engine core would starve the test's client
+        # for hundreds of ms (late cancels, bursty streams). See dynamo/serve/__main__.py.
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
-                                     start_new_session=True)
+                                     process_group=0)
         self.record: InstanceRecord | None = None
         self._channel: grpc.aio.Channel | None = None
 

@@ -108,9 +108,13 @@ async def run_graph(graph: Graph, *, discovery_dir: Path, ready_timeout: float, 
                 name = service.name if service.replicas == 1 else f"{service.name}-{i}"
                 env = {**base_env, **service.env,
                        **(service.replica_env[i] if i < len(service.replica_env) else {})}
+                # Its own process group (stopped as one, engine processes included) but OUR
+                # session: Linux autogroup shares CPU per session, and a session holding vLLM's
+                # spin-waiting engine core starves every other session on a small machine (the
+                # frontend's and the worker's gRPC threads waited up to a second for a core).
                 proc = await asyncio.create_subprocess_exec(
                     *service.command(sys.executable), env=env, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                    stderr=asyncio.subprocess.STDOUT, process_group=0)
                 assert proc.stdout is not None
                 r = Running(name, service, proc, asyncio.create_task(_pump(name, proc.stdout)))
                 running.append(r)

@@ -25,7 +25,7 @@ class FrontendProcess:
             [sys.executable, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(self.port),
              "--namespace", namespace, "--discovery-backend", "file", "--discovery-dir", str(discovery_dir),
              *extra],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=self._log, stderr=subprocess.STDOUT, process_group=0,
             env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
 
     @property

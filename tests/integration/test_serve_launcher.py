@@ -25,7 +25,7 @@ def test_serve_mocker_graph(tmp_path: Path, tiny_model_dir: Path) -> None:
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "dynamo.serve", "examples/mocker.yaml",
                                  "--discovery-dir", str(tmp_path / "d")], cwd=REPO, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, process_group=0)
         try:
             deadline = time.monotonic() + 120
             while "all services ready" not in log.read_text() and time.monotonic() < deadline:

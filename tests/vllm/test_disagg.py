@@ -50,7 +50,7 @@ class Peer:
             sys.executable, str(PEER), str(model_dir), role, cwd=str(REPO_ROOT), env=env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, limit=16 * 1024 * 1024,
-            start_new_session=True)  # its own process group, with its engine-core processes
+            process_group=0)  # its own process group (engine cores included), our session: see worker_process.py
         return cls(proc, role, log_path)
 
     async def _read_stdout(self) -> None:
