@@ -23,8 +23,8 @@ Prints a table (out tok/s, TTFT p50/p99, mean ITL, tokens per message, CPU cores
 generator / the server processes, ratio to the in-process run of the same phase, and `others`: cores
 used by other people's processes on this machine during the phase), the throughput ratio (goal
 >= 0.95) and the TTFT p50 overhead (goal <= 2 ms), and the KV bytes a disaggregated request moves
-(computed from config.json; plus the mean NIXL transfer size if vLLM's "KV Transfer metrics" log line
-shows up on the decode worker, which it did not in our runs). Each phase runs --repeat times (other
+(computed from config.json, and measured: the mean NIXL transfer size from vLLM's "KV Transfer
+metrics" log lines on the decode worker). Each phase runs --repeat times (other
 prompts each time) and the fastest repetition is kept; the per-repetition figures are printed too.
 --engine-flags adds vLLM flags to every engine (to try engine settings on both sides alike).
 With --profile (needs `pip install py-spy`), the worker process is sampled during the c=16 run.
@@ -281,8 +281,12 @@ async def run(a: argparse.Namespace) -> None:
                 local0 = dw.metric("dynamo_worker_prefills_total", location="local")
                 disagg, _ = await measure_worker(dw.record.target, [pw.pid, dw.pid], long,
                                                  "disagg: decode worker + prefill", a.timeout, a.repeat)
-                await asyncio.sleep(1.5)  # one more stats interval, so the last transfers are logged
+                # vLLM logs the transfers once per stats interval (1 s here): poll with a deadline.
+                deadline = time.monotonic() + 10
                 transfer = nixl_transfer_mb(dw.log())
+                while transfer is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)
+                    transfer = nixl_transfer_mb(dw.log())
                 local = dw.metric("dynamo_worker_prefills_total", location="local") - local0
                 if local:
                     print(f"  WARNING: {local:.0f} measured prompts were prefilled locally on the decode worker",
