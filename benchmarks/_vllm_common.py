@@ -132,22 +132,25 @@ def kv_bytes_per_token(model: Path, dtype_bytes: int = 4) -> int:
     return 2 * cfg["num_hidden_layers"] * kv_heads * head_dim * dtype_bytes
 
 
-def nixl_transfer_mb(log: str) -> tuple[int, float] | None:
-    """(successful transfers, mean MB per transfer) over the "KV Transfer metrics" lines vLLM's
-    logging stat logger wrote on the decode side, or None when it wrote none."""
-    n, mb = 0, 0.0
+def nixl_transfer_mb(log: str) -> tuple[int, float, float] | None:
+    """(successful transfers, mean MB per transfer, mean transfer ms) over the "KV Transfer metrics"
+    lines vLLM's logging stat logger wrote on the decode side, or None when it wrote none."""
+    n, mb, ms = 0, 0.0, 0.0
     for line in log.splitlines():
         if "KV Transfer metrics:" not in line:
             continue
-        fields = dict(kv.split("=", 1) for kv in line.split("KV Transfer metrics:", 1)[1].split(", ") if "=" in kv)
+        pairs = (kv.split("=", 1) for kv in line.split("KV Transfer metrics:", 1)[1].split(",") if "=" in kv)
+        fields = {k.strip(): v.strip() for k, v in pairs}
         try:
             k = int(fields["Num successful transfers"])
-            avg = float(fields["Avg MB per transfer"])
+            avg_mb = float(fields["Avg MB per transfer"])
+            avg_ms = float(fields["Avg xfer time (ms)"])
         except (KeyError, ValueError):
             continue
         n += k
-        mb += k * avg
-    return (n, mb / n) if n else None
+        mb += k * avg_mb
+        ms += k * avg_ms
+    return (n, mb / n, ms / n) if n else None
 
 
 def _busy_seconds() -> float:

@@ -230,7 +230,7 @@ async def run(a: argparse.Namespace) -> None:
     inproc: dict[str, Measured] = {}
     disagg: dict[str, Measured] = {}
     profile_text = ""
-    transfer: tuple[int, float] | None = None
+    transfer: tuple[int, float, float] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-vllm-worker-") as d:
         discovery = Path(d)
         # 1. the aggregated worker through gRPC
@@ -325,7 +325,7 @@ async def wait_remote_prefill(decode, prompt_len: int, timeout: float = 30) -> N
 
 
 def report(a: argparse.Namespace, model: Path, phases: list[Phase], workers: dict[str, dict[str, Measured]],
-           inproc: dict[str, Measured], disagg: dict[str, Measured], transfer: tuple[int, float] | None,
+           inproc: dict[str, Measured], disagg: dict[str, Measured], transfer: tuple[int, float, float] | None,
            load: float, total: float) -> None:
     print(f"\nvLLM worker vs AsyncLLM in-process; tiny model, engine pinned to core 0; load average "
           f"{load:.2f} at start, now {os.getloadavg()[0]:.2f}; total {total:.0f} s")
@@ -373,9 +373,9 @@ def report(a: argparse.Namespace, model: Path, phases: list[Phase], workers: dic
           f"{per_token * long.prompt_len / 1024:.0f} KiB; whole blocks of {block}: {blocks} blocks = "
           f"{per_token * blocks * block / 1024:.0f} KiB")
     if transfer is not None:
-        n, mb = transfer
-        print(f"KV per request (measured: vLLM's NIXL stats on the decode worker, 'Avg MB per transfer' over "
-              f"{n} transfers incl. probes and warm-up): {mb * 1024:.0f} KiB")
+        n, mb, ms = transfer
+        print(f"KV per request (measured: vLLM's NIXL stats on the decode worker, over {n} transfers incl. "
+              f"probes and warm-up): {mb * 1024:.0f} KiB, {ms:.1f} ms per transfer ({mb / ms * 1e3:.0f} MB/s)")
     elif disagg:
         print("KV per request (measured): vLLM logged no 'KV Transfer metrics' line on the decode worker")
 

@@ -321,8 +321,9 @@ async def test_generate_stream_equals_generate_and_batches(agg: WorkerProcess) -
 
 async def cancelled_in_time(agg: WorkerProcess, scenario: Callable[[], Awaitable[int]], attempts: int = 3) -> None:
     """Run a cancellation scenario (it returns how many requests it cancelled) until its cancels
-    reached the worker while the requests still ran. On this starved 2-core machine a cancel can
-    take longer to arrive than a 900-token request takes to finish; such an attempt tested
+    reached the worker while the requests still ran. On a starved 2-core machine a cancel can
+    take longer to arrive than a 900-token request takes to finish (it did, by seconds, while the
+    worker ran in a session of its own: see tests/worker_process.py); such an attempt tested
     nothing (the request simply succeeded) and is run again. Cancels that arrive must each abort
     the engine request and count as a cancellation, or the test fails."""
     for attempt in range(1, attempts + 1):
