@@ -8,7 +8,10 @@ suite's CPU flags: fp32, eager, max-model-len 1024, KV blocks of 32):
 1. an aggregated `python -m dynamo.vllm` worker (engine pinned to core 0), driven through its gRPC
    Generate (one call per request), then through GenerateStream (all requests on one call, what the
    frontend uses), by an independent load-generator process (benchmarks/_loadgen.py grpc);
-2. the baseline: the same engine flags parsed by vLLM's own parser into AsyncLLM, driven in a child
+2. the baseline: the same engine flags parsed by vLLM's own parser into AsyncLLM, plus what the
+   worker adds to them (its ZMQ KV-event publisher, so both engines do the same work: the events
+   cost vLLM ~6% at c=16 here; pass --engine-flags "--kv-events-config
+   '{\"enable_kv_cache_events\": false}'" to measure both sides without them), driven in a child
    process (this file with --inprocess; engine pinned to core 0) by the same request loop
    (_loadgen.drive) with the same prompt token ids and the sampling the worker sends vLLM (greedy,
    ignore_eos, DELTA outputs, no detokenization);
@@ -120,9 +123,9 @@ async def inprocess(a: argparse.Namespace) -> None:
 
     parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())  # type: ignore[arg-type]
     engine_args = AsyncEngineArgs.from_cli_args(parser.parse_args(engine_flags(Path(a.model_dir))))
-    if a.kv_events:  # what the worker adds to the user's flags (a ZMQ publisher of KV events)
-        from dynamo.vllm.args import configure_kv_events
-        engine_args = configure_kv_events(engine_args)
+    # The engine configuration the worker runs: the user's flags plus its KV-event publisher.
+    from dynamo.vllm.args import prepare_engine_args
+    engine_args = prepare_engine_args(engine_args, "agg")
     llm = AsyncLLM.from_engine_args(engine_args)
     try:
         for spec in json.loads(a.inprocess):
@@ -156,6 +159,9 @@ async def inprocess(a: argparse.Namespace) -> None:
                       flush=True)
     finally:
         llm.shutdown()
+        events = engine_args.kv_events_config
+        if events is not None and events.endpoint.startswith("ipc://"):
+            Path(events.endpoint[len("ipc://"):]).unlink(missing_ok=True)
 
 
 # --- the parent: runs the setups one after the other -------------------------------------------
@@ -404,7 +410,6 @@ def main() -> None:
     p.add_argument("--inprocess", metavar="PHASES_JSON", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)  # diagnosis: the worker's event loop
-    p.add_argument("--kv-events", action="store_true", help=argparse.SUPPRESS)  # diagnosis: the worker's KV events
     a = p.parse_args()
     signal.signal(signal.SIGTERM, interrupt)
     if a.engine_flags:

@@ -75,6 +75,15 @@ def test_configure_kv_events_uses_a_private_ipc_endpoint(tiny_model_dir) -> None
     assert events.endpoint.startswith("ipc://")
 
 
+def test_explicit_kv_events_config_can_turn_events_off(tiny_model_dir) -> None:
+    # The README's way to skip the events' cost when no KV-aware router consumes them.
+    parser = vargs.add_engine_args(FlexibleArgumentParser())
+    ns = parser.parse_args(["--model", str(tiny_model_dir),
+                            "--kv-events-config", '{"enable_kv_cache_events": false}'])
+    events = vargs.prepare_engine_args(vargs.engine_args_from_namespace(ns)).kv_events_config
+    assert events is not None and not events.enable_kv_cache_events
+
+
 def request(**kwargs) -> GenerateRequest:
     return GenerateRequest(request_id="r", token_ids=[5, 6, 7], **kwargs)
 
