@@ -34,6 +34,12 @@ def test_serve_mocker_graph(tmp_path: Path, tiny_model_dir: Path) -> None:
             text = log.read_text()
             assert "all services ready" in text, text
             assert "worker-0" in text and "worker-1" in text and "frontend" in text  # prefixed logs
+            # Each service leads its own process group (stopped as one) inside the launcher's
+            # session: a session of its own would get its own autogroup share of the CPU, and a
+            # spin-waiting engine there starves the rest (see dynamo/serve/__main__.py).
+            for pid in (int(m) for m in re.findall(r"started \S+ \(pid (\d+)\)", text)):
+                assert os.getpgid(pid) == pid, f"service {pid} is not the leader of its process group"
+                assert os.getsid(pid) == os.getsid(proc.pid), f"service {pid} runs in a session of its own"
             r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=30,
                            json={"model": "served-tiny", "prompt": "hi", "max_tokens": 5})
             assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
