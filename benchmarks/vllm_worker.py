@@ -124,7 +124,7 @@ async def inprocess(a: argparse.Namespace) -> None:
     parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())  # type: ignore[arg-type]
     engine_args = AsyncEngineArgs.from_cli_args(parser.parse_args(engine_flags(Path(a.model_dir))))
     # The engine configuration the worker runs: the user's flags plus its KV-event publisher.
-    from dynamo.vllm.args import prepare_engine_args
+    from dynamo.vllm.args import prepare_engine_args, remove_kv_events_socket
     engine_args = prepare_engine_args(engine_args, "agg")
     llm = AsyncLLM.from_engine_args(engine_args)
     try:
@@ -159,9 +159,7 @@ async def inprocess(a: argparse.Namespace) -> None:
                       flush=True)
     finally:
         llm.shutdown()
-        events = engine_args.kv_events_config
-        if events is not None and events.endpoint.startswith("ipc://"):
-            Path(events.endpoint[len("ipc://"):]).unlink(missing_ok=True)
+        remove_kv_events_socket(engine_args)
 
 
 # --- the parent: runs the setups one after the other -------------------------------------------
@@ -289,10 +287,8 @@ async def run(a: argparse.Namespace) -> None:
                                                  "disagg: decode worker + prefill", a.timeout, a.repeat)
                 # vLLM logs the transfers once per stats interval (1 s here): poll with a deadline.
                 deadline = time.monotonic() + 10
-                transfer = nixl_transfer_mb(dw.log())
-                while transfer is None and time.monotonic() < deadline:
+                while (transfer := nixl_transfer_mb(dw.log())) is None and time.monotonic() < deadline:
                     await asyncio.sleep(0.5)
-                    transfer = nixl_transfer_mb(dw.log())
                 local = dw.metric("dynamo_worker_prefills_total", location="local") - local0
                 if local:
                     print(f"  WARNING: {local:.0f} measured prompts were prefilled locally on the decode worker",

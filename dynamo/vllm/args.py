@@ -93,6 +93,16 @@ def configure_kv_events(engine_args: AsyncEngineArgs) -> AsyncEngineArgs:
     return dataclasses.replace(engine_args, kv_events_config=events)
 
 
+def remove_kv_events_socket(engine_args: AsyncEngineArgs) -> None:
+    """Delete the ipc:// socket file of the engine's KV-event publisher, once the engine is down."""
+    events = engine_args.kv_events_config
+    if events is not None and events.endpoint.startswith("ipc://"):
+        try:
+            os.unlink(events.endpoint[len("ipc://"):])
+        except OSError:
+            pass
+
+
 def prepare_engine_args(engine_args: AsyncEngineArgs, role: str = "agg") -> AsyncEngineArgs:
     """Everything a worker of `role` needs on top of the user's flags (a new AsyncEngineArgs)."""
     return configure_kv_events(configure_disaggregation(engine_args, role))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 from collections.abc import AsyncIterator
 
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -38,7 +37,7 @@ from dynamo.llm.protocol import (
     KvEventKind,
     Usage,
 )
-from dynamo.vllm.args import check_role, prepare_engine_args
+from dynamo.vllm.args import check_role, prepare_engine_args, remove_kv_events_socket
 from dynamo.vllm.convert import (
     ENGINE_NAME,
     finish_reason_of,
@@ -110,12 +109,7 @@ class VllmEngine(LLMEngine):
         if self._llm is not None:
             llm, self._llm = self._llm, None
             llm.shutdown()
-        events = self.engine_args.kv_events_config
-        if events is not None and events.endpoint.startswith("ipc://"):
-            try:  # the socket file of the publisher we configured
-                os.unlink(events.endpoint[len("ipc://"):])
-            except OSError:
-                pass
+        remove_kv_events_socket(self.engine_args)
 
     @property
     def async_llm(self) -> AsyncLLM:
