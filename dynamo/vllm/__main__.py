@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     served_name = (served[0] if isinstance(served, list) else served) or engine_args.model
     source = ModelSource(served_model_name=served_name, model_path=engine_args.model,
                          tokenizer=engine_args.tokenizer or engine_args.model)
-    return run_worker(VllmEngine(engine_args, role=config.role.value), config, source)
+    try:
+        engine = VllmEngine(engine_args, role=config.role.value)
+    except ValueError as e:  # a setting the role's configuration cannot use
+        parser.error(str(e))
+    return run_worker(engine, config, source)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a TCP listener could bind `port` on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def check_role(role: str) -> str:
     if role not in ROLES:
         raise ValueError(f"unknown worker role {role!r}; expected one of {', '.join(ROLES)}")
@@ -70,9 +80,15 @@ def configure_disaggregation(engine_args: AsyncEngineArgs, role: str) -> AsyncEn
         kv_role="kv_producer" if role == "prefill" else "kv_consumer",
         kv_buffer_device="cpu" if current_platform.is_cpu() else current_platform.device_type,
     )
-    if not os.environ.get(NIXL_PORT_ENV):
+    port = os.environ.get(NIXL_PORT_ENV)
+    if not port:
         # Read by the engine-core process, which inherits this environment when it is spawned.
         os.environ[NIXL_PORT_ENV] = str(free_port())
+    elif not port_is_free(int(port)):
+        # vLLM's NIXL listener would fail in a background thread and the worker never get ready.
+        raise ValueError(f"{NIXL_PORT_ENV}={port} is already in use on this host (another worker's "
+                         "NIXL side channel?): give each worker its own port, or unset it and the "
+                         "worker picks a free one")
     if current_platform.is_cpu():
         # NIXL's progress thread spins a whole core even when idle; see dynamo.vllm.nixl_plugin.
         os.environ.setdefault(NIXL_PROGRESS_DELAY_ENV, "200")

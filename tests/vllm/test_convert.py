@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 
 import pytest
 
@@ -50,7 +51,10 @@ def test_common_worker_flags_do_not_clash_with_vllm_flags(tiny_model_dir) -> Non
 
 
 def test_configure_disaggregation_roles(monkeypatch: pytest.MonkeyPatch, tiny_model_dir) -> None:
-    monkeypatch.delenv(vargs.NIXL_PORT_ENV, raising=False)
+    # Empty, not deleted: monkeypatch then removes the port the call picks. A port left in this
+    # process's environment would reach every later worker process, and two engines on one port
+    # collide (the conformance suite's prefill and decode workers did).
+    monkeypatch.setenv(vargs.NIXL_PORT_ENV, "")
     base = AsyncEngineArgs(model=str(tiny_model_dir))
     assert vargs.configure_disaggregation(base, "agg").kv_transfer_config is None
 
@@ -67,6 +71,16 @@ def test_configure_disaggregation_roles(monkeypatch: pytest.MonkeyPatch, tiny_mo
     assert vargs.configure_disaggregation(explicit, "decode").kv_transfer_config is prefill
     with pytest.raises(ValueError, match="unknown worker role"):
         vargs.configure_disaggregation(base, "both")
+
+
+def test_nixl_port_in_use_is_refused(monkeypatch: pytest.MonkeyPatch, tiny_model_dir) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        monkeypatch.setenv(vargs.NIXL_PORT_ENV, str(busy.getsockname()[1]))
+        with pytest.raises(ValueError, match="already in use"):
+            vargs.configure_disaggregation(AsyncEngineArgs(model=str(tiny_model_dir)), "decode")
+    assert vargs.configure_disaggregation(AsyncEngineArgs(model=str(tiny_model_dir)), "decode").kv_transfer_config
 
 
 def test_configure_kv_events_uses_a_private_ipc_endpoint(tiny_model_dir) -> None:
