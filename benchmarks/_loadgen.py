@@ -140,7 +140,15 @@ class _GenerateStreamDriver:
         self.messages = self.items = 0
 
     async def _requests(self) -> Any:
-        while (msg := await self._out.get()) is not None:
+        """As dynamo's own client does: one message carries every request queued since the
+        previous write (grpc takes the next message once the previous one is on its way)."""
+        while (item := await self._out.get()) is not None:
+            msg = self._pb.StreamRequest(items=[item])
+            while not self._out.empty():
+                if (item := self._out.get_nowait()) is None:
+                    yield msg
+                    return
+                msg.items.append(item)
             yield msg
 
     async def _read(self) -> None:
@@ -158,7 +166,7 @@ class _GenerateStreamDriver:
     async def generate(self, sid: int, req: Any) -> Any:
         q: asyncio.Queue[Any] = asyncio.Queue()
         self._queues[sid] = q
-        self._out.put_nowait(self._pb.StreamRequest(stream_id=sid, generate=req))
+        self._out.put_nowait(self._pb.StreamRequestItem(stream_id=sid, generate=req))
         try:
             while True:
                 item = await q.get()

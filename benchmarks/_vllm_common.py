@@ -1,5 +1,5 @@
 """Shared by the vLLM benchmarks: engine flags, waiting for a quiet machine, starting vLLM worker
-processes, running a JSON-printing child process, and the KV size of the model."""
+processes, a child process that answers JSON commands, and the KV size of the model."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from tests.conformance.backends import VLLM
 from tests.worker_process import WorkerProcess
 
 MODEL_NAME = "tiny"
-RESULT = "RESULT "  # prefix of the JSON lines a child benchmark process prints
+RESULT = "@@dynamo-bench-answer@@"  # what a JsonChild prints once its answer is written
 # The engine settings every run uses (the conformance suite's vLLM flags: fp32, eager, 1k context,
 # KV blocks of 32) and the environment per role: prefill / agg pinned to core 0, decode to core 1.
 ENGINE_ENV = VLLM.env
@@ -88,39 +89,73 @@ def kill_group(proc: subprocess.Popen | asyncio.subprocess.Process, grace: float
         pass
 
 
-async def run_phases(argv: Sequence[str], timeout: float, env: dict[str, str]) -> list[dict]:
-    """Run `python ARGV` in its own process group; it prints one `RESULT {json}` line per phase (other
-    lines, e.g. vLLM's logs, are ignored) and exits. Returns the JSON objects; kills the group."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, limit=1 << 26,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env}, process_group=0)
-    track(proc.pid)
-    assert proc.stdout is not None and proc.stderr is not None
-    stderr = asyncio.ensure_future(proc.stderr.read())
-    results: list[dict] = []
+class JsonChild:
+    """`python ARGV` in its own process group, answering commands: each JSON command written to
+    its stdin names a file (`"out"`) for the child to write its JSON answer to, then the child prints
+    a line with RESULT (its stdout is shared with vLLM's logs, so the answer does not travel
+    there). It answers once when ready; closing its stdin ends it."""
 
-    async def read() -> None:
-        while line := await proc.stdout.readline():  # type: ignore[union-attr]
-            text = line.decode().strip()
-            if text.startswith(RESULT):
-                results.append(json.loads(text[len(RESULT):]))
-        await proc.wait()
+    def __init__(self, proc: asyncio.subprocess.Process, argv: Sequence[str], out: Path) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self._argv = argv
+        self._out = out
+        assert proc.stderr is not None
+        self._stderr = asyncio.ensure_future(proc.stderr.read())
 
-    try:
-        await asyncio.wait_for(read(), timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv[:2])} failed ({proc.returncode}):\n"
-                               f"{(await stderr).decode(errors='replace')[-4000:]}")
-        return results
-    finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-        try:  # engine-core children of a child that exited
-            os.killpg(proc.pid, signal.SIGKILL)
+    @classmethod
+    async def start(cls, argv: Sequence[str], env: dict[str, str], timeout: float) -> tuple[JsonChild, dict]:
+        fd, out = tempfile.mkstemp(prefix="bench-child-", suffix=".json")
+        os.close(fd)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *argv, "--answer-file", out, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, limit=1 << 26, env={**os.environ, "PYTHONPATH": str(REPO), **env},
+            process_group=0)
+        track(proc.pid)
+        child = cls(proc, argv, Path(out))
+        try:
+            return child, await child._answer(timeout)
+        except BaseException:
+            await child.close()
+            raise
+
+    async def ask(self, command: dict, timeout: float) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command).encode() + b"\n")
+        await self.proc.stdin.drain()
+        return await self._answer(timeout)
+
+    async def _answer(self, timeout: float) -> dict:
+        async def read() -> dict:
+            while line := await self.proc.stdout.readline():  # type: ignore[union-attr]
+                if RESULT.encode() in line:
+                    return json.loads(self._out.read_text())
+            await self.proc.wait()
+            raise RuntimeError(f"{' '.join(self._argv[:2])} exited ({self.proc.returncode}):\n"
+                               f"{(await self._stderr).decode(errors='replace')[-4000:]}")
+        return await asyncio.wait_for(read(), timeout)
+
+    async def close(self, grace: float = 30) -> None:
+        """Close its stdin (it shuts its engine down and exits), then kill what is left of the group."""
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace)
+        except TimeoutError:
+            pass
+        try:  # the child itself if it hung, and engine-core children of a child that exited
+            os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        stderr.cancel()
+        await self.proc.wait()
+        self._stderr.cancel()
+        self._out.unlink(missing_ok=True)
+
+
+def answer(path: str, obj: dict) -> None:
+    """The child side of JsonChild: write the answer, then say so on stdout."""
+    Path(path).write_text(json.dumps(obj))
+    print(RESULT, flush=True)
 
 
 def kv_bytes_per_token(model: Path, dtype_bytes: int = 4) -> int:

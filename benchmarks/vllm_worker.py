@@ -1,36 +1,42 @@
 """What the `python -m dynamo.vllm` worker costs over vLLM's AsyncLLM driven directly.
 
-    .venv/bin/python benchmarks/vllm_worker.py [--requests-c1 16] [--requests-c16 64]
-        [--max-tokens 128] [--requests-long 8] [--long-prompt 500] [--no-disagg] [--profile]
+    .venv/bin/python benchmarks/vllm_worker.py [--requests-c1 16] [--requests-c16 128]
+        [--max-tokens 128] [--requests-long 8] [--long-prompt 500] [--repeat 5] [--no-disagg] [--profile]
 
-Runs, one after the other (never more than two engines at once; every engine on the conformance
-suite's CPU flags: fp32, eager, max-model-len 1024, KV blocks of 32):
-1. an aggregated `python -m dynamo.vllm` worker (engine pinned to core 0), driven through its gRPC
-   Generate (one call per request), then through GenerateStream (all requests on one call, what the
-   frontend uses), by an independent load-generator process (benchmarks/_loadgen.py grpc);
-2. the baseline: the same engine flags parsed by vLLM's own parser into AsyncLLM, plus what the
-   worker adds to them (its ZMQ KV-event publisher, so both engines do the same work: the events
-   cost vLLM ~6% at c=16 here; pass --engine-flags "--kv-events-config
-   '{\"enable_kv_cache_events\": false}'" to measure both sides without them), driven in a child
-   process (this file with --inprocess; engine pinned to core 0) by the same request loop
-   (_loadgen.drive) with the same prompt token ids and the sampling the worker sends vLLM (greedy,
-   ignore_eos, DELTA outputs, no detokenization);
-3. disaggregated: a prefill worker (core 0) and a decode worker (core 1); requests go to the
-   decode worker, which has the prefill worker compute the prompt's KV and pulls it over NIXL.
+Two engines run side by side, pinned to the same core (0), and take turns; only one is busy at a
+time (an idle vLLM engine uses ~0.01 core here), every engine on the conformance suite's CPU flags
+(fp32, eager, max-model-len 1024, KV blocks of 32):
+- an aggregated `python -m dynamo.vllm` worker, driven by an independent load-generator process
+  (benchmarks/_loadgen.py grpc) through its gRPC Generate (one call per request) and through
+  GenerateStream (all requests on one call, what the frontend uses);
+- the baseline: the same engine flags parsed by vLLM's own parser into AsyncLLM, plus what the
+  worker adds to them (its ZMQ KV-event publisher, so both engines do the same work: the events
+  cost vLLM ~6% at c=16 here; pass --engine-flags "--kv-events-config
+  '{\"enable_kv_cache_events\": false}'" to measure both sides without them), driven in a child
+  process (this file with --inprocess) by the same request loop (_loadgen.drive) with the same
+  prompt token ids and the sampling the worker sends vLLM (greedy, ignore_eos, DELTA outputs, no
+  detokenization).
+Why side by side: one engine's speed drifts by ±20% over minutes on these machines (it also gets
+faster over its first minutes), more than the overhead measured. So each repetition measures the
+three setups back to back (their order rotating), and each figure is the median over repetitions of
+the per-repetition ratio or difference against the baseline measured right next to it.
+
+Then, unless --no-disagg: a prefill worker (core 0) and a decode worker (core 1); requests go to the
+decode worker, which has the prefill worker compute the prompt's KV and pulls it over NIXL.
 
 Phases: c=1 and c=16 with --max-tokens output tokens (ignore_eos) on 64-token prompts, and c=1
 with ~--long-prompt-token prompts and 16 output tokens (TTFT; aggregated vs disaggregated). Each
-phase uses its own prompts (no prefix-cache hits across phases), identical across the three setups.
+phase and repetition uses its own prompts (no prefix-cache hits across them), identical across the
+worker's Generate run and the baseline; GenerateStream gets others (the worker's engine saw those).
 
-Prints a table (out tok/s, TTFT p50/p99, mean ITL, tokens per message, CPU cores of the load
-generator / the server processes, ratio to the in-process run of the same phase, and `others`: cores
-used by other people's processes on this machine during the phase), the throughput ratio (goal
->= 0.95) and the TTFT p50 overhead (goal <= 2 ms), and the KV bytes a disaggregated request moves
-(computed from config.json, and measured: the mean NIXL transfer size from vLLM's "KV Transfer
-metrics" log lines on the decode worker). Each phase runs --repeat times (other
-prompts each time) and the fastest repetition is kept; the per-repetition figures are printed too.
---engine-flags adds vLLM flags to every engine (to try engine settings on both sides alike).
-With --profile (needs `pip install py-spy`), the worker process is sampled during the c=16 run.
+Prints a table of medians over the repetitions (out tok/s, TTFT p50/p99, mean ITL, tokens per
+message, CPU cores of the load generator / the server processes, ratio to the baseline, `others`:
+cores used by other people's processes, and `front`: CPU per output token of the process running
+AsyncLLM's front end), the throughput ratio (goal >= 0.95) and the TTFT p50 overhead (goal <= 2 ms)
+with their spread over the repetitions, and the KV bytes a disaggregated request moves (computed from
+config.json, and measured: the mean NIXL transfer size from vLLM's "KV Transfer metrics" log lines
+on the decode worker). --engine-flags adds vLLM flags to every engine (to try engine settings on both
+sides alike). With --profile (needs `pip install py-spy`), the worker is sampled during c=16.
 """
 
 from __future__ import annotations
@@ -38,11 +44,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import functools
 import json
 import math
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -67,12 +73,12 @@ from benchmarks._vllm_common import (  # noqa: E402
     ENGINE_ENV,
     EXTRA_FLAGS_ENV,
     MODEL_NAME,
-    RESULT,
     CpuWindow,
+    JsonChild,
+    answer,
     engine_flags,
     kv_bytes_per_token,
     nixl_transfer_mb,
-    run_phases,
     start_worker,
     wait_quiet,
 )
@@ -95,7 +101,7 @@ class Phase:
 
     def repetition(self, k: int) -> Phase:
         """The phase with other prompts for repetition k (no prefix-cache hits on earlier ones)."""
-        return dataclasses.replace(self, vocab=self.vocab - 3 * k, warmup=self.warmup if k == 0 else 0)
+        return dataclasses.replace(self, vocab=self.vocab - 3 * k)
 
     def loadgen_args(self) -> list[str]:
         return ["--concurrency", str(self.concurrency), "--requests", str(self.requests),
@@ -104,12 +110,23 @@ class Phase:
 
 
 def make_phases(a: argparse.Namespace) -> list[Phase]:
-    return [Phase("c1", 1, a.requests_c1, 2, a.max_tokens, 64, 1024),
-            Phase("c16", 16, a.requests_c16, 16, a.max_tokens, 64, 1023),
-            Phase("long", 1, a.requests_long, 2, 16, a.long_prompt, 1022)]
+    phases = [Phase("c1", 1, a.requests_c1, 2, a.max_tokens, 64, 1024),
+              Phase("c16", 16, a.requests_c16, 16, a.max_tokens, 64, 1023),
+              Phase("long", 1, a.requests_long, 2, 16, a.long_prompt, 1022)]
+    chosen = a.phases.split(",")
+    unknown = set(chosen) - {ph.name for ph in phases}
+    if unknown:
+        sys.exit(f"--phases: unknown phase(s) {', '.join(sorted(unknown))}; choose from c1, c16, long")
+    return [ph for ph in phases if ph.name in chosen]
 
 
-# --- the in-process baseline (a child process: one engine at a time) -------------------------
+def warmup_phase(a: argparse.Namespace) -> Phase:
+    """Run once on every engine before measuring: the engines get faster over their first
+    thousands of steps (vLLM's CPU kernels meet new batch shapes)."""
+    return Phase("warm-up", 16, a.warmup_requests, 0, a.max_tokens, 64, 1019)
+
+
+# --- the in-process baseline (a child process, answering one JSON command per phase) ---------
 
 async def inprocess(a: argparse.Namespace) -> None:
     from vllm import SamplingParams
@@ -127,18 +144,20 @@ async def inprocess(a: argparse.Namespace) -> None:
     from dynamo.vllm.args import prepare_engine_args, remove_kv_events_socket
     engine_args = prepare_engine_args(engine_args, "agg")
     llm = AsyncLLM.from_engine_args(engine_args)
+    loop = asyncio.get_running_loop()
     try:
-        for spec in json.loads(a.inprocess):
-            ph = Phase(**spec)
+        answer(a.answer_file, {"ready": True})
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            ph = Phase(**json.loads(line))
             params = SamplingParams(temperature=0.0, max_tokens=ph.max_tokens, ignore_eos=True,
                                     detokenize=False, output_kind=RequestOutputKind.DELTA)
 
-            async def one(i: int, t0: float, vocab: int, ph: Phase = ph, params: SamplingParams = params) -> Record:
-                prompt = tokens_input(prompt_ids(i, ph.prompt_len, vocab))
+            async def one(i: int, t0: float, ph: Phase = ph, params: SamplingParams = params) -> Record:
+                prompt = tokens_input(prompt_ids(i, ph.prompt_len, ph.vocab))
                 start = time.perf_counter()
                 first = float("nan")
                 tokens = messages = 0
-                async for out in llm.generate(prompt, params, f"bench-{ph.name}-{i}"):
+                async for out in llm.generate(prompt, params, f"bench-{ph.name}-{ph.vocab}-{i}"):
                     n = len(out.outputs[0].token_ids)
                     if n and tokens == 0:
                         first = time.perf_counter()
@@ -147,22 +166,18 @@ async def inprocess(a: argparse.Namespace) -> None:
                 end = time.perf_counter()
                 return Record(start - t0, first - start, end - t0, tokens, messages)
 
-            for k in range(a.repeat):
-                rep = ph.repetition(k)
-                run_one = functools.partial(one, vocab=rep.vocab)
-                await drive(run_one, rep.warmup, 0, ph.concurrency)
-                window = CpuWindow([os.getpid()])
-                tree0 = process_cpu([os.getpid()])  # this process and its engine-core children
-                raw = await drive(run_one, 0, ph.requests, ph.concurrency)
-                tree = process_cpu([os.getpid()]) - tree0
-                print(RESULT + json.dumps({"phase": ph.name, "others": window.others(), "tree_cpu": tree, **raw}),
-                      flush=True)
+            await drive(one, ph.warmup, 0, ph.concurrency)
+            window = CpuWindow([os.getpid()])
+            tree0 = process_cpu([os.getpid()])  # this process and its engine-core children
+            raw = await drive(one, 0, ph.requests, ph.concurrency)
+            tree = process_cpu([os.getpid()]) - tree0
+            answer(a.answer_file, {"others": window.others(), "tree_cpu": tree, **raw})
     finally:
         llm.shutdown()
         remove_kv_events_socket(engine_args)
 
 
-# --- the parent: runs the setups one after the other -------------------------------------------
+# --- the parent ---------------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Measured:
@@ -178,49 +193,86 @@ class Measured:
 
 def own_cpu(pid: int) -> float:
     """CPU seconds of one process, without its children (measured while the load generator runs,
-    so it includes the warm-up: a few requests of the first repetition)."""
+    so it includes the phase's warm-up requests)."""
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system
 
 
-def best(a: Measured | None, b: Measured) -> Measured:
-    """Of two repetitions, the faster: on a shared machine the slower one met more interference."""
-    return b if a is None or b.result.tok_s > a.result.tok_s else a
+def median_measured(ms: list[Measured]) -> Measured:
+    """Field by field, the median over repetitions."""
+    res = [m.result for m in ms]
+    numeric = {f.name: statistics.median(getattr(r, f.name) for r in res)
+               for f in dataclasses.fields(Result) if f.name not in ("label", "concurrency", "requests", "tokens")}
+    med = dataclasses.replace(res[0], **numeric)
+    return Measured(med, statistics.median(m.others for m in ms),
+                    statistics.median(m.front_us_per_token for m in ms) * 1e-6, 1)
 
 
-async def measure_worker(target: str, pids: list[int], phases: list[Phase], label: str, timeout: float,
-                         repeat: int, profile_pid: int | None = None, transport: str = "unary",
-                         first_repetition: int = 0) -> tuple[dict[str, Measured], str]:
-    """`first_repetition`: where this run's prompts start (a second run on the same worker must not
-    reuse the first run's prompts: they would hit the prefix cache)."""
-    out: dict[str, Measured] = {}
-    profile_text = ""
-    for ph in phases:
+class Setup:
+    """One thing measured: a transport of the worker, or the baseline. `results[phase]` collects
+    its repetitions."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.results: dict[str, list[Measured]] = {}
+
+    async def measure(self, ph: Phase) -> Measured:
+        raise NotImplementedError
+
+    async def run(self, ph: Phase, record: bool = True) -> Measured:
+        m = await self.measure(ph)
+        print(f"  {self.label} {ph.name}: {m.result.tok_s:,.0f} tok/s, TTFT p50 {m.result.ttft_p50 * 1e3:.1f} ms, "
+              f"others {m.others:.2f} cores", flush=True)
+        if record:
+            self.results.setdefault(ph.name, []).append(m)
+        return m
+
+
+class WorkerSetup(Setup):
+    """The worker through one transport; `pids`: its processes (prefill worker first, if any; the
+    process running the front end last); `others_pids`: ours too, idle meanwhile."""
+
+    def __init__(self, label: str, target: str, pids: list[int], transport: str, timeout: float,
+                 prompt_offset: int = 0, others_pids: list[int] | None = None) -> None:
+        super().__init__(label)
+        self.target, self.pids, self.transport, self.timeout = target, pids, transport, timeout
+        self.prompt_offset = prompt_offset  # another transport on the same engine must not reuse prompts
+        self.others_pids = others_pids or []
+        self.profile_pid: int | None = None
+        self.profile_text = ""
+
+    async def measure(self, ph: Phase) -> Measured:
+        ph = dataclasses.replace(ph, vocab=ph.vocab - self.prompt_offset)
         sampler = None
-        if profile_pid is not None and ph.name == "c16":
+        if self.profile_pid is not None and ph.name == "c16" and not self.profile_text:
             from benchmarks._profile import Sampler
-            sampler = Sampler(profile_pid, Path(tempfile.gettempdir()) / "vllm_worker.pyspy.txt")
-        for k in range(first_repetition, first_repetition + repeat):
-            window = CpuWindow(pids)
-            front0 = own_cpu(pids[-1])
-            args = ph.repetition(k).loadgen_args()
-            try:
-                raw, cpu = await run_loadgen(["grpc", "--target", target, "--model", MODEL_NAME,
-                                              "--transport", transport, *args], timeout, pids)
-            finally:
-                if sampler is not None:
-                    from benchmarks._profile import summarise as summarise_profile
-                    path = sampler.stop()
-                    sampler = None
-                    profile_text = f"(collapsed stacks: {path})\n" + summarise_profile(path)
-            res = summarise(label, ph.concurrency, raw, cpu, expected_tokens=ph.requests * ph.max_tokens)
-            rep = ph.repetition(k)
-            m = Measured(res, window.others(), own_cpu(pids[-1]) - front0,
-                         (rep.requests + rep.warmup) * rep.max_tokens)
-            print(f"  {label} {ph.name}: {res.tok_s:,.0f} tok/s, TTFT p50 {res.ttft_p50 * 1e3:.1f} ms, "
-                  f"others {m.others:.2f} cores", flush=True)
-            out[ph.name] = best(out.get(ph.name), m)
-    return out, profile_text
+            sampler = Sampler(self.profile_pid, Path(tempfile.gettempdir()) / "vllm_worker.pyspy.txt")
+        window = CpuWindow(self.pids + self.others_pids)
+        front0 = own_cpu(self.pids[-1])
+        try:
+            raw, cpu = await run_loadgen(["grpc", "--target", self.target, "--model", MODEL_NAME,
+                                          "--transport", self.transport, *ph.loadgen_args()], self.timeout,
+                                         self.pids)
+        finally:
+            if sampler is not None:
+                from benchmarks._profile import summarise as summarise_profile
+                path = sampler.stop()
+                self.profile_text = f"(collapsed stacks: {path})\n" + summarise_profile(path)
+        res = summarise(self.label, ph.concurrency, raw, cpu, expected_tokens=ph.requests * ph.max_tokens)
+        return Measured(res, window.others(), own_cpu(self.pids[-1]) - front0,
+                        (ph.requests + ph.warmup) * ph.max_tokens)
+
+
+class BaselineSetup(Setup):
+    def __init__(self, child: JsonChild, timeout: float) -> None:
+        super().__init__("AsyncLLM in-process (baseline)")
+        self.child, self.timeout = child, timeout
+
+    async def measure(self, ph: Phase) -> Measured:
+        raw = await self.child.ask(dataclasses.asdict(ph), self.timeout)
+        res = summarise(self.label, ph.concurrency, raw, [raw["tree_cpu"]],
+                        expected_tokens=ph.requests * ph.max_tokens)
+        return Measured(res, raw["others"], raw["cpu"], res.tokens)
 
 
 async def run(a: argparse.Namespace) -> None:
@@ -229,45 +281,54 @@ async def run(a: argparse.Namespace) -> None:
     phases = make_phases(a)
     load = wait_quiet(a.max_load, a.max_wait)
     print(f"load average (1 min) before measuring: {load:.2f}", flush=True)
-    worker: dict[str, Measured] = {}
-    worker_stream: dict[str, Measured] = {}
-    inproc: dict[str, Measured] = {}
-    disagg: dict[str, Measured] = {}
-    profile_text = ""
+    setups: list[Setup] = []
+    disagg: Setup | None = None
     transfer: tuple[int, float, float] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-vllm-worker-") as d:
         discovery = Path(d)
-        # 1. the aggregated worker through gRPC
+        # 1. the aggregated worker and the in-process baseline, side by side on core 0
         t = time.monotonic()
-        w = await start_worker(discovery, model, "agg", "vllm-agg")
-        print(f"worker ready in {time.monotonic() - t:.0f} s", flush=True)
+        all_cpus = os.sched_getaffinity(0)
+        if a.front_cpus:
+            set_process_affinity(parse_cpus(a.front_cpus))
+        started = await asyncio.gather(
+            start_worker(discovery, model, "agg", "vllm-agg"),
+            JsonChild.start([__file__, "--inprocess", "--model-dir", str(model)], {**ENGINE_ENV["agg"]}, 300),
+            return_exceptions=True)
+        w = started[0] if not isinstance(started[0], BaseException) else None
+        child = started[1][0] if not isinstance(started[1], BaseException) else None
         try:
-            assert w.record is not None
-            worker, profile_text = await measure_worker(w.record.target, [w.pid], phases,
-                                                        "dynamo.vllm (Generate)", a.timeout, a.repeat,
-                                                        w.pid if a.profile else None)
-            worker_stream, _ = await measure_worker(w.record.target, [w.pid], phases,
-                                                    "dynamo.vllm (GenerateStream)", a.timeout, a.repeat,
-                                                    transport="stream", first_repetition=a.repeat)
+            for x in started:
+                if isinstance(x, BaseException):
+                    raise x
+            assert w is not None and w.record is not None and child is not None
+            print(f"worker and in-process engine ready in {time.monotonic() - t:.0f} s", flush=True)
+            gen = WorkerSetup("dynamo.vllm (Generate)", w.record.target, [w.pid], "unary", a.timeout,
+                              others_pids=[child.pid])
+            stream = WorkerSetup("dynamo.vllm (GenerateStream)", w.record.target, [w.pid], "stream", a.timeout,
+                                 prompt_offset=3 * a.repeat + 3, others_pids=[child.pid])
+            if a.profile:
+                stream.profile_pid = w.pid
+            base = BaselineSetup(child, a.timeout)
+            setups = [gen, stream, base]
+            t = time.monotonic()
+            for s in (base, gen):  # the stream setup runs on the worker's (then warm) engine
+                await s.run(warmup_phase(a), record=False)
+            print(f"warm-up done in {time.monotonic() - t:.0f} s", flush=True)
+            for k in range(a.repeat):
+                order = setups[k % 3:] + setups[:k % 3]  # no setup always measured first
+                for ph in phases:
+                    for s in order:
+                        await s.run(ph.repetition(k))
         finally:
-            await w.close()
-            w.log_path.unlink(missing_ok=True)
-        # 2. AsyncLLM in a child process, same phases
-        t = time.monotonic()
-        raws = await run_phases([__file__, "--inprocess", json.dumps([dataclasses.asdict(p) for p in phases]),
-                                 "--model-dir", str(model), "--repeat", str(a.repeat)],
-                                a.timeout * len(phases) * a.repeat + 240, {**ENGINE_ENV["agg"]})
-        print(f"in-process run done in {time.monotonic() - t:.0f} s", flush=True)
-        by_name = {ph.name: ph for ph in phases}
-        for raw in raws:
-            ph = by_name[raw["phase"]]
-            res = summarise("AsyncLLM in-process (baseline)", ph.concurrency, raw, [raw["tree_cpu"]],
-                            expected_tokens=ph.requests * ph.max_tokens)
-            print(f"  in-process {ph.name}: {res.tok_s:,.0f} tok/s, TTFT p50 {res.ttft_p50 * 1e3:.1f} ms, "
-                  f"others {raw['others']:.2f} cores", flush=True)
-            inproc[ph.name] = best(inproc.get(ph.name), Measured(res, raw["others"], raw["cpu"], res.tokens))
-        # 3. disaggregated: prefill worker on core 0, decode worker on core 1
-        if not a.no_disagg:
+            if w is not None:
+                await w.close()
+                w.log_path.unlink(missing_ok=True)
+            if child is not None:
+                await child.close()
+        set_process_affinity(all_cpus)
+        # 2. disaggregated: prefill worker on core 0, decode worker on core 1
+        if not a.no_disagg and any(ph.name == "long" for ph in phases):
             t = time.monotonic()
             pw, dw = await asyncio.gather(
                 start_worker(discovery, model, "prefill", "vllm-prefill"),
@@ -281,10 +342,12 @@ async def run(a: argparse.Namespace) -> None:
                 print(f"prefill + decode workers ready in {time.monotonic() - t:.0f} s", flush=True)
                 await wait_remote_prefill(dw, a.long_prompt)
                 assert dw.record is not None
-                long = [p for p in phases if p.name == "long"]
+                long = [p for p in phases if p.name == "long"][0]
                 local0 = dw.metric("dynamo_worker_prefills_total", location="local")
-                disagg, _ = await measure_worker(dw.record.target, [pw.pid, dw.pid], long,
-                                                 "disagg: decode worker + prefill", a.timeout, a.repeat)
+                disagg = WorkerSetup("disagg: decode worker + prefill", dw.record.target, [pw.pid, dw.pid],
+                                     "unary", a.timeout)
+                for k in range(a.repeat):
+                    await disagg.run(long.repetition(k))
                 # vLLM logs the transfers once per stats interval (1 s here): poll with a deadline.
                 deadline = time.monotonic() + 10
                 while (transfer := nixl_transfer_mb(dw.log())) is None and time.monotonic() < deadline:
@@ -298,11 +361,11 @@ async def run(a: argparse.Namespace) -> None:
                     if not isinstance(x, BaseException):
                         await x.close()
                         x.log_path.unlink(missing_ok=True)
-    report(a, model, phases, {"Generate": worker, "GenerateStream": worker_stream}, inproc, disagg, transfer, load,
-           time.monotonic() - t_start)
+    report(a, model, phases, setups, disagg, transfer, load, time.monotonic() - t_start)
+    profile_text = setups[1].profile_text if len(setups) > 1 else ""  # type: ignore[attr-defined]
     if profile_text:
-        print("\npy-spy profile of the worker process (gRPC + AsyncLLM front) during the c=16 run:\n"
-              + profile_text)
+        print("\npy-spy profile of the worker process (gRPC + AsyncLLM front) during a GenerateStream "
+              "c=16 run:\n" + profile_text)
 
 
 async def wait_remote_prefill(decode, prompt_len: int, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
@@ -326,41 +389,69 @@ async def wait_remote_prefill(decode, prompt_len: int, timeout: float = 30) -> N
                        f"{decode.log()[-3000:]}")
 
 
-def report(a: argparse.Namespace, model: Path, phases: list[Phase], workers: dict[str, dict[str, Measured]],
-           inproc: dict[str, Measured], disagg: dict[str, Measured], transfer: tuple[int, float, float] | None,
-           load: float, total: float) -> None:
-    print(f"\nvLLM worker vs AsyncLLM in-process; tiny model, engine pinned to core 0; load average "
-          f"{load:.2f} at start, now {os.getloadavg()[0]:.2f}; total {total:.0f} s")
+def parse_cpus(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def set_process_affinity(cpus: set[int]) -> None:
+    """Every thread of this process (what it starts from now on inherits it)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
+def spread(values: list[float], fmt: str) -> str:
+    return f"{min(values):{fmt}} .. {max(values):{fmt}}"
+
+
+def report(a: argparse.Namespace, model: Path, phases: list[Phase], setups: list[Setup], disagg: Setup | None,
+           transfer: tuple[int, float, float] | None, load: float, total: float) -> None:
+    *workers, base = setups
+    print(f"\nvLLM worker vs AsyncLLM in-process; tiny model, both engines pinned to core 0 and taking turns; "
+          f"load average {load:.2f} at start, now {os.getloadavg()[0]:.2f}; total {total:.0f} s")
     print(HEADER + f" {'others':>6} {'front':>8}")
     for ph in phases:
-        base = inproc[ph.name]
+        b = median_measured(base.results[ph.name])
         print(f"-- {ph.name}: c={ph.concurrency}, {ph.requests} requests, {ph.prompt_len}-token prompts, "
               f"{ph.max_tokens} output tokens")
-        rows = [(w[ph.name], base.result) for w in workers.values()]
-        for m, b in (*rows, (base, None), (disagg.get(ph.name), base.result)):
-            if m is not None:
-                print(row(m.result, b) + f" {m.others:>6.2f} {m.front_us_per_token:>5.0f} µs")
-    print(LEGEND + "\nserver (in-process row): the benchmark process itself (AsyncLLM + request loop) and its "
-          "engine core.\nfront: CPU µs per output token of the process running AsyncLLM's front end, children "
-          "excluded (worker: its main process, per token of the run and its warm-up; in-process: the benchmark process, request loop "
-          "included; disagg: the decode worker).\nothers: cores used by other people's processes during the "
-          "phase (this machine has 2); "
-          f"each row is the fastest of {a.repeat} repetitions.")
-    print("\nGoals: throughput ratio >= 0.95; TTFT p50 overhead <= 2 ms")
-    for transport, worker in workers.items():
-        for name in ("c1", "c16"):
-            w, b = worker[name].result, inproc[name].result
-            ratio = w.tok_s / b.tok_s
-            over = (w.ttft_p50 - b.ttft_p50) * 1e3
-            print(f"  {transport:>14} {name:>4}: ratio {ratio:.3f} [{'ok' if ratio >= 0.95 else 'MISSED'}]   "
-                  f"TTFT p50 overhead {over:+.2f} ms [{'ok' if over <= 2 else 'MISSED'}]   "
-                  f"ITL {w.itl_mean * 1e3:.2f} vs {b.itl_mean * 1e3:.2f} ms")
-    long = [p for p in phases if p.name == "long"][0]
-    agg = workers["Generate"]["long"].result
+        rows = [(median_measured(s.results[ph.name]), b.result) for s in workers]
+        if disagg is not None and ph.name in disagg.results:
+            rows.append((median_measured(disagg.results[ph.name]), b.result))
+        for m, ref in (*rows[:len(workers)], (b, None), *rows[len(workers):]):
+            print(row(m.result, ref) + f" {m.others:>6.2f} {m.front_us_per_token:>5.0f} µs")
+    print(LEGEND + "\nserver (in-process row): the benchmark's child process (AsyncLLM + request loop) and "
+          "its engine core.\nfront: CPU µs per output token of the process running AsyncLLM's front end, "
+          "children excluded (worker: its main process, per token of the run and its warm-up; in-process: "
+          "the request loop's process, request loop included; disagg: the decode worker).\nothers: cores "
+          "used by other people's processes during the phase (this machine has 2).\n"
+          f"Every figure is the median over {a.repeat} repetitions; a row's ratio is the ratio of medians.")
+    print(f"\nGoals: throughput ratio >= 0.95; TTFT p50 overhead <= 2 ms. Per repetition, against the baseline "
+          f"measured next to it; median [min .. max] over {a.repeat} repetitions:")
+    for s in workers:
+        for name in [ph.name for ph in phases if ph.name != "long"]:
+            pairs = list(zip(s.results[name], base.results[name]))
+            ratios = [w.result.tok_s / b.result.tok_s for w, b in pairs]
+            overs = [(w.result.ttft_p50 - b.result.ttft_p50) * 1e3 for w, b in pairs]
+            itl_over = [(w.result.itl_mean - b.result.itl_mean) * 1e3 for w, b in pairs]
+            ratio, over = statistics.median(ratios), statistics.median(overs)
+            print(f"  {s.label.split('(')[-1].rstrip(')'):>14} {name:>4}: "
+                  f"ratio {ratio:.3f} [{spread(ratios, '.2f')}] {'ok' if ratio >= 0.95 else 'MISSED'}   "
+                  f"TTFT p50 overhead {over:+.2f} ms [{spread(overs, '+.1f')}] {'ok' if over <= 2 else 'MISSED'}   "
+                  f"ITL overhead {statistics.median(itl_over):+.2f} ms")
+    long = next((p for p in phases if p.name == "long"), None)
+    if long is None:
+        return
+    agg = median_measured(workers[0].results["long"]).result
     print(f"\n~{long.prompt_len}-token prompts, c=1: TTFT p50 aggregated worker {agg.ttft_p50 * 1e3:.1f} ms "
-          f"(in-process {inproc['long'].result.ttft_p50 * 1e3:.1f} ms)", end="")
-    if "long" in disagg:
-        d = disagg["long"].result
+          f"(in-process {median_measured(base.results['long']).result.ttft_p50 * 1e3:.1f} ms)", end="")
+    if disagg is not None and "long" in disagg.results:
+        d = median_measured(disagg.results["long"]).result
         print(f", disaggregated {d.ttft_p50 * 1e3:.1f} ms (p99 {d.ttft_p99 * 1e3:.1f} ms): "
               f"{(d.ttft_p50 - agg.ttft_p50) * 1e3:+.1f} ms")
     else:
@@ -378,7 +469,7 @@ def report(a: argparse.Namespace, model: Path, phases: list[Phase], workers: dic
         n, mb, ms = transfer
         print(f"KV per request (measured: vLLM's NIXL stats on the decode worker, over {n} transfers incl. "
               f"probes and warm-up): {mb * 1024:.0f} KiB, {ms:.1f} ms per transfer ({mb / ms * 1e3:.0f} MB/s)")
-    elif disagg:
+    elif disagg is not None:
         print("KV per request (measured): vLLM logged no 'KV Transfer metrics' line on the decode worker")
 
 
@@ -390,21 +481,27 @@ def interrupt(signum: int, frame: object) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests-c1", type=int, default=16)
-    p.add_argument("--requests-c16", type=int, default=64)
+    p.add_argument("--requests-c16", type=int, default=128)
     p.add_argument("--requests-long", type=int, default=8, help="requests with long prompts (c=1)")
     p.add_argument("--long-prompt", type=int, default=500, help="tokens in a long prompt")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--no-disagg", action="store_true", help="skip the prefill + decode run")
     p.add_argument("--profile", action="store_true", help="sample the worker with py-spy during c=16")
-    p.add_argument("--repeat", type=int, default=2, help="measure each phase this often; keep the fastest")
+    p.add_argument("--repeat", type=int, default=5, help="repetitions of every phase (figures are medians)")
+    p.add_argument("--warmup-requests", type=int, default=128,
+                   help="c=16 requests every engine serves before anything is measured")
     p.add_argument("--timeout", type=float, default=120.0, help="limit per phase, seconds")
-    p.add_argument("--time-limit", type=float, default=420.0, help="limit for the whole run, seconds")
+    p.add_argument("--time-limit", type=float, default=900.0, help="limit for the whole run, seconds")
     p.add_argument("--engine-flags", default="", help="extra vLLM flags for every engine, e.g. "
                    "'--distributed-executor-backend uni'")
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average below this")
     p.add_argument("--max-wait", type=float, default=180.0, help="longest wait for that, seconds")
-    p.add_argument("--inprocess", metavar="PHASES_JSON", help=argparse.SUPPRESS)
+    p.add_argument("--phases", default="c1,c16,long", help="which phases to run (comma-separated)")
+    p.add_argument("--front-cpus", default="", help="CPUs for everything but the engines' model threads "
+                   "(worker and baseline processes, their engine cores, the load generator), e.g. 1")
+    p.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--answer-file", help=argparse.SUPPRESS)
     p.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)  # diagnosis: the worker's event loop
     a = p.parse_args()
     signal.signal(signal.SIGTERM, interrupt)

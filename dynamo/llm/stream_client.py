@@ -45,7 +45,7 @@ class WorkerStream:
         self._client = client
         self._queues: dict[int, asyncio.Queue[pb.StreamItem | _Broken]] = {}
         self._ids = itertools.count(1)
-        self._outbox: asyncio.Queue[pb.StreamRequest] = asyncio.Queue()
+        self._outbox: asyncio.Queue[pb.StreamRequestItem] = asyncio.Queue()
         self.error: BaseException | None = None
         method = self.channel.stream_stream(GENERATE_STREAM_METHOD,
                                             request_serializer=pb.StreamRequest.SerializeToString,
@@ -59,8 +59,15 @@ class WorkerStream:
         return self.error is not None
 
     async def _requests(self) -> AsyncIterator[pb.StreamRequest]:
+        """One message per write, carrying everything queued since the previous write: grpc asks
+        for the next message only once the previous one is on its way, so requests that start
+        together (e.g. as a batch of others finished) travel and start on the worker together."""
         while True:
-            yield await self._outbox.get()
+            msg = pb.StreamRequest()
+            msg.items.append(await self._outbox.get())
+            while not self._outbox.empty():
+                msg.items.append(self._outbox.get_nowait())
+            yield msg
 
     async def _read_loop(self) -> None:
         error: BaseException
@@ -95,7 +102,7 @@ class WorkerStream:
         sid = next(self._ids)
         queue: asyncio.Queue[pb.StreamItem | _Broken] = asyncio.Queue()
         self._queues[sid] = queue
-        self._outbox.put_nowait(pb.StreamRequest(stream_id=sid, generate=codec.request_to_pb(request)))
+        self._outbox.put_nowait(pb.StreamRequestItem(stream_id=sid, generate=codec.request_to_pb(request)))
         deadline = None if timeout is None else time.monotonic() + timeout
         done = False
         self._client.acquire(self.record.instance_id)
@@ -124,7 +131,7 @@ class WorkerStream:
             self._client.release(self.record.instance_id)
             self._queues.pop(sid, None)
             if not done and self.error is None:
-                self._outbox.put_nowait(pb.StreamRequest(stream_id=sid, cancel=True))
+                self._outbox.put_nowait(pb.StreamRequestItem(stream_id=sid, cancel=True))
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}

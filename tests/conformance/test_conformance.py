@@ -266,11 +266,18 @@ class RawStream:
             self._changed.set()
 
     def send(self, sid: int, request: GenerateRequest | pb.GenerateRequest) -> None:
-        msg = request if isinstance(request, pb.GenerateRequest) else codec.request_to_pb(request)
-        self._requests.put_nowait(pb.StreamRequest(stream_id=sid, generate=msg))
+        self.send_many({sid: request})
+
+    def send_many(self, requests: dict[int, GenerateRequest | pb.GenerateRequest]) -> None:
+        """All in one StreamRequest message."""
+        msg = pb.StreamRequest()
+        for sid, request in requests.items():
+            req = request if isinstance(request, pb.GenerateRequest) else codec.request_to_pb(request)
+            msg.items.add(stream_id=sid, generate=req)
+        self._requests.put_nowait(msg)
 
     def cancel(self, sid: int) -> None:
-        self._requests.put_nowait(pb.StreamRequest(stream_id=sid, cancel=True))
+        self._requests.put_nowait(pb.StreamRequest(items=[pb.StreamRequestItem(stream_id=sid, cancel=True)]))
 
     def half_close(self) -> None:
         self._requests.put_nowait(None)
@@ -301,10 +308,10 @@ async def test_generate_stream_equals_generate_and_batches(agg: WorkerProcess) -
         rs.send(sid, r)
         await rs.wait_for(lambda: rs.end(sid) is not None)
         assert rs.tokens(sid) == want, f"stream {sid} differs from the same request on Generate"
-    # Then all at once: every request completes, and outputs ready together share messages.
+    # Then all at once, in one message: every request completes, and outputs ready together share
+    # messages.
     messages_before = rs.messages
-    for sid, r in enumerate(reqs, start=11):
-        rs.send(sid, r)
+    rs.send_many(dict(enumerate(reqs, start=11)))
     await rs.wait_for(lambda: all(rs.end(sid) for sid in range(11, 19)))
     for sid in range(11, 19):
         end = rs.end(sid)
@@ -369,9 +376,10 @@ async def test_generate_stream_cancel_one_keeps_others(agg: WorkerProcess) -> No
 
 async def test_generate_stream_bad_request_fails_alone(agg: WorkerProcess) -> None:
     rs = RawStream(agg)
-    rs.send(1, pb.GenerateRequest(request_id="bad", token_ids=[]))
-    rs.send(2, req(prompt(320, 10), max_tokens=8))
-    rs.send(3, pb.GenerateRequest(request_id="bad-vocab", token_ids=[5, 1024]))
+    # In one message: a bad request fails alone, not the good one that came with it.
+    rs.send_many({1: pb.GenerateRequest(request_id="bad", token_ids=[]),
+                  2: req(prompt(320, 10), max_tokens=8),
+                  3: pb.GenerateRequest(request_id="bad-vocab", token_ids=[5, 1024])})
     await rs.wait_for(lambda: all(rs.end(sid) for sid in (1, 2, 3)))
     assert rs.end(1).status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]  # type: ignore[union-attr]
     assert "prompt is empty" in rs.end(1).status_message  # type: ignore[union-attr]

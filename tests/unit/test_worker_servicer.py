@@ -12,9 +12,11 @@ from prometheus_client import CollectorRegistry
 
 from dynamo.llm import codec
 from dynamo.llm.model_card import ModelCard
+from dynamo.llm.proto import worker_pb2 as pb
 from dynamo.llm.protocol import EngineInfo, FinishReason, GenerateOutput, GenerateRequest, StopConditions
 from dynamo.llm.worker.metrics import WorkerMetrics
 from dynamo.llm.worker.servicer import WorkerServicer
+from dynamo.llm.worker.stream_session import StreamSession
 from dynamo.runtime.rpc.server import RpcServer
 
 
@@ -148,8 +150,6 @@ class _TwoTokenServer:
 async def test_stream_session_holds_drain_until_its_last_output_is_written() -> None:
     from contextlib import contextmanager
 
-    from dynamo.llm.proto import worker_pb2 as pb
-    from dynamo.llm.worker.stream_session import StreamSession
 
     held = 0
 
@@ -165,7 +165,7 @@ async def test_stream_session_holds_drain_until_its_last_output_is_written() -> 
     client_open = asyncio.Event()  # the client keeps the stream open (never set)
 
     async def requests():  # type: ignore[no-untyped-def]
-        yield pb.StreamRequest(stream_id=5, generate=_request())
+        yield pb.StreamRequest(items=[pb.StreamRequestItem(stream_id=5, generate=_request())])
         await client_open.wait()
 
     server, ctx = _TwoTokenServer(), _GatedContext()
@@ -184,3 +184,36 @@ async def test_stream_session_holds_drain_until_its_last_output_is_written() -> 
     session.cancel()
     await asyncio.gather(session, return_exceptions=True)
     assert held == 0
+
+
+class _RecordingServer:
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    async def serve_request(self, request, emit, client_cancelled=lambda: False):  # type: ignore[no-untyped-def]
+        self.started.append(request.request_id)
+        await emit(GenerateOutput(token_ids=[7], finish_reason=FinishReason.LENGTH))
+        return None
+
+
+async def test_stream_session_runs_every_item_of_a_message_and_rejects_bad_ones_alone() -> None:
+    from contextlib import nullcontext
+
+    def item(sid: int, rid: str | None) -> pb.StreamRequestItem:
+        if rid is None:
+            return pb.StreamRequestItem(stream_id=sid)  # neither generate nor cancel
+        return pb.StreamRequestItem(stream_id=sid, generate=pb.GenerateRequest(request_id=rid, token_ids=[5]))
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield pb.StreamRequest(items=[item(1, "a"), item(1, "dup"), item(2, None), item(3, "b")])
+
+    server, ctx = _RecordingServer(), _GatedContext()
+    ctx.gate.set()
+    await asyncio.wait_for(StreamSession(server, ctx, nullcontext).run(requests()), 5)  # type: ignore[arg-type]
+    assert server.started == ["a", "b"]
+    ends = [(i.stream_id, i.status_code, i.status_message) for b in ctx.batches for i in b.items  # type: ignore[attr-defined]
+            if i.done]
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert sorted(e[:2] for e in ends) == [(1, 0), (1, invalid), (2, invalid), (3, 0)]
+    messages = {e[0]: e[2] for e in ends if e[1] == invalid}
+    assert "already in use" in messages[1] and "must carry" in messages[2]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64ynamo/llm/proto/worker.proto\x12\rdynamo.llm.v1\"\x90\x03\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.dynamo.llm.v1.SamplingOptions\x12+\n\x04stop\x18\x05 \x01(\x0b\x32\x1d.dynamo.llm.v1.StopConditions\x12,\n\x06output\x18\x06 \x01(\x0b\x32\x1c.dynamo.llm.v1.OutputOptions\x12@\n\x14\x64isaggregated_params\x18\x07 \x01(\x0b\x32\".dynamo.llm.v1.DisaggregatedParams\x12\x44\n\x0b\x61nnotations\x18\x08 \x03(\x0b\x32/.dynamo.llm.v1.GenerateRequest.AnnotationsEntry\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd3\x02\n\x0fSamplingOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penalty\"\x8c\x01\n\x0eStopConditions\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x03 \x03(\r\x12\x12\n\nignore_eos\x18\x04 \x01(\x08\x42\r\n\x0b_max_tokensB\r\n\x0b_min_tokens\"P\n\rOutputOptions\x12\x15\n\x08logprobs\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x13skip_special_tokens\x18\x02 \x01(\x08\x42\x0b\n\t_logprobs\"q\n\x13\x44isaggregatedParams\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x14\n\x0cpayload_json\x18\x02 \x01(\t\x12\x1b\n\x13prefill_instance_id\x18\x03 \x01(\t\x12\x17\n\x0f\x66irst_token_ids\x18\x04 \x03(\r\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"Y\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12&\n\x03top\x18\x03 \x03(\x0b\x32\x19.dynamo.llm.v1.TopLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\x9a\x02\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x11\n\x04text\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x32\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1b.dynamo.llm.v1.FinishReason\x12-\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1b.dynamo.llm.v1.TokenLogprob\x12#\n\x05usage\x18\x05 \x01(\x0b\x32\x14.dynamo.llm.v1.Usage\x12@\n\x14\x64isaggregated_params\x18\x06 \x01(\x0b\x32\".dynamo.llm.v1.DisaggregatedParams\x12\r\n\x05\x65rror\x18\x07 \x01(\tB\x07\n\x05_text\"p\n\rStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\x04\x12\x32\n\x08generate\x18\x02 \x01(\x0b\x32\x1e.dynamo.llm.v1.GenerateRequestH\x00\x12\x10\n\x06\x63\x61ncel\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"\x8b\x01\n\nStreamItem\x12\x11\n\tstream_id\x18\x01 \x01(\x04\x12/\n\x06output\x18\x02 \x01(\x0b\x32\x1f.dynamo.llm.v1.GenerateResponse\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x13\n\x0bstatus_code\x18\x04 \x01(\r\x12\x16\n\x0estatus_message\x18\x05 \x01(\t\":\n\x0eStreamResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.dynamo.llm.v1.StreamItem\"\x16\n\x14\x43learKvBlocksRequest\"\x17\n\x15\x43learKvBlocksResponse\"\x12\n\x10ModelInfoRequest\"A\n\x11ModelInfoResponse\x12\x17\n\x0fmodel_card_json\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"\'\n\x10SubscribeRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"\xac\x01\n\x07KvEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.dynamo.llm.v1.KvEventKind\x12\x14\n\x0c\x62lock_hashes\x18\x03 \x03(\x04\x12\x18\n\x0bparent_hash\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\ttoken_ids\x18\x05 \x03(\r\x12\x12\n\nblock_size\x18\x06 \x01(\rB\x0e\n\x0c_parent_hash\"K\n\x0cKvEventBatch\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12&\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x16.dynamo.llm.v1.KvEvent\"\xd3\x01\n\x0bWorkerStats\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x18\n\x10running_requests\x18\x02 \x01(\r\x12\x18\n\x10waiting_requests\x18\x03 \x01(\r\x12\x10\n\x08kv_usage\x18\x04 \x01(\x02\x12\x17\n\x0fkv_total_blocks\x18\x05 \x01(\r\x12\x18\n\x10kv_active_blocks\x18\x06 \x01(\r\x12\x19\n\x11inflight_requests\x18\x07 \x01(\r\x12\x1b\n\x13unfinished_requests\x18\x08 \x01(\r*\xac\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05*|\n\x0bKvEventKind\x12\x1d\n\x19KV_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14KV_EVENT_KIND_STORED\x10\x01\x12\x19\n\x15KV_EVENT_KIND_REMOVED\x10\x02\x12\x19\n\x15KV_EVENT_KIND_CLEARED\x10\x03\x32\xfc\x03\n\x06Worker\x12M\n\x08Generate\x12\x1e.dynamo.llm.v1.GenerateRequest\x1a\x1f.dynamo.llm.v1.GenerateResponse0\x01\x12Q\n\x0eGenerateStream\x12\x1c.dynamo.llm.v1.StreamRequest\x1a\x1d.dynamo.llm.v1.StreamResponse(\x01\x30\x01\x12Z\n\rClearKvBlocks\x12#.dynamo.llm.v1.ClearKvBlocksRequest\x1a$.dynamo.llm.v1.ClearKvBlocksResponse\x12N\n\tModelInfo\x12\x1f.dynamo.llm.v1.ModelInfoRequest\x1a .dynamo.llm.v1.ModelInfoResponse\x12S\n\x11SubscribeKvEvents\x12\x1f.dynamo.llm.v1.SubscribeRequest\x1a\x1b.dynamo.llm.v1.KvEventBatch0\x01\x12O\n\x0eSubscribeStats\x12\x1f.dynamo.llm.v1.SubscribeRequest\x1a\x1a.dynamo.llm.v1.WorkerStats0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64ynamo/llm/proto/worker.proto\x12\rdynamo.llm.v1\"\x90\x03\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.dynamo.llm.v1.SamplingOptions\x12+\n\x04stop\x18\x05 \x01(\x0b\x32\x1d.dynamo.llm.v1.StopConditions\x12,\n\x06output\x18\x06 \x01(\x0b\x32\x1c.dynamo.llm.v1.OutputOptions\x12@\n\x14\x64isaggregated_params\x18\x07 \x01(\x0b\x32\".dynamo.llm.v1.DisaggregatedParams\x12\x44\n\x0b\x61nnotations\x18\x08 \x03(\x0b\x32/.dynamo.llm.v1.GenerateRequest.AnnotationsEntry\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd3\x02\n\x0fSamplingOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penalty\"\x8c\x01\n\x0eStopConditions\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x03 \x03(\r\x12\x12\n\nignore_eos\x18\x04 \x01(\x08\x42\r\n\x0b_max_tokensB\r\n\x0b_min_tokens\"P\n\rOutputOptions\x12\x15\n\x08logprobs\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x13skip_special_tokens\x18\x02 \x01(\x08\x42\x0b\n\t_logprobs\"q\n\x13\x44isaggregatedParams\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x14\n\x0cpayload_json\x18\x02 \x01(\t\x12\x1b\n\x13prefill_instance_id\x18\x03 \x01(\t\x12\x17\n\x0f\x66irst_token_ids\x18\x04 \x03(\r\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"Y\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12&\n\x03top\x18\x03 \x03(\x0b\x32\x19.dynamo.llm.v1.TopLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\x9a\x02\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x11\n\x04text\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x32\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1b.dynamo.llm.v1.FinishReason\x12-\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1b.dynamo.llm.v1.TokenLogprob\x12#\n\x05usage\x18\x05 \x01(\x0b\x32\x14.dynamo.llm.v1.Usage\x12@\n\x14\x64isaggregated_params\x18\x06 \x01(\x0b\x32\".dynamo.llm.v1.DisaggregatedParams\x12\r\n\x05\x65rror\x18\x07 \x01(\tB\x07\n\x05_text\"t\n\x11StreamRequestItem\x12\x11\n\tstream_id\x18\x01 \x01(\x04\x12\x32\n\x08generate\x18\x02 \x01(\x0b\x32\x1e.dynamo.llm.v1.GenerateRequestH\x00\x12\x10\n\x06\x63\x61ncel\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"@\n\rStreamRequest\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .dynamo.llm.v1.StreamRequestItem\"\x8b\x01\n\nStreamItem\x12\x11\n\tstream_id\x18\x01 \x01(\x04\x12/\n\x06output\x18\x02 \x01(\x0b\x32\x1f.dynamo.llm.v1.GenerateResponse\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x13\n\x0bstatus_code\x18\x04 \x01(\r\x12\x16\n\x0estatus_message\x18\x05 \x01(\t\":\n\x0eStreamResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.dynamo.llm.v1.StreamItem\"\x16\n\x14\x43learKvBlocksRequest\"\x17\n\x15\x43learKvBlocksResponse\"\x12\n\x10ModelInfoRequest\"A\n\x11ModelInfoResponse\x12\x17\n\x0fmodel_card_json\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"\'\n\x10SubscribeRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"\xac\x01\n\x07KvEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.dynamo.llm.v1.KvEventKind\x12\x14\n\x0c\x62lock_hashes\x18\x03 \x03(\x04\x12\x18\n\x0bparent_hash\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\ttoken_ids\x18\x05 \x03(\r\x12\x12\n\nblock_size\x18\x06 \x01(\rB\x0e\n\x0c_parent_hash\"K\n\x0cKvEventBatch\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12&\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x16.dynamo.llm.v1.KvEvent\"\xd3\x01\n\x0bWorkerStats\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x18\n\x10running_requests\x18\x02 \x01(\r\x12\x18\n\x10waiting_requests\x18\x03 \x01(\r\x12\x10\n\x08kv_usage\x18\x04 \x01(\x02\x12\x17\n\x0fkv_total_blocks\x18\x05 \x01(\r\x12\x18\n\x10kv_active_blocks\x18\x06 \x01(\r\x12\x19\n\x11inflight_requests\x18\x07 \x01(\r\x12\x1b\n\x13unfinished_requests\x18\x08 \x01(\r*\xac\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05*|\n\x0bKvEventKind\x12\x1d\n\x19KV_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14KV_EVENT_KIND_STORED\x10\x01\x12\x19\n\x15KV_EVENT_KIND_REMOVED\x10\x02\x12\x19\n\x15KV_EVENT_KIND_CLEARED\x10\x03\x32\xfc\x03\n\x06Worker\x12M\n\x08Generate\x12\x1e.dynamo.llm.v1.GenerateRequest\x1a\x1f.dynamo.llm.v1.GenerateResponse0\x01\x12Q\n\x0eGenerateStream\x12\x1c.dynamo.llm.v1.StreamRequest\x1a\x1d.dynamo.llm.v1.StreamResponse(\x01\x30\x01\x12Z\n\rClearKvBlocks\x12#.dynamo.llm.v1.ClearKvBlocksRequest\x1a$.dynamo.llm.v1.ClearKvBlocksResponse\x12N\n\tModelInfo\x12\x1f.dynamo.llm.v1.ModelInfoRequest\x1a .dynamo.llm.v1.ModelInfoResponse\x12S\n\x11SubscribeKvEvents\x12\x1f.dynamo.llm.v1.SubscribeRequest\x1a\x1b.dynamo.llm.v1.KvEventBatch0\x01\x12O\n\x0eSubscribeStats\x12\x1f.dynamo.llm.v1.SubscribeRequest\x1a\x1a.dynamo.llm.v1.WorkerStats0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST_ANNOTATIONSENTRY']._loaded_options = None
   _globals['_GENERATEREQUEST_ANNOTATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=2600
-  _globals['_FINISHREASON']._serialized_end=2772
-  _globals['_KVEVENTKIND']._serialized_start=2774
-  _globals['_KVEVENTKIND']._serialized_end=2898
+  _globals['_FINISHREASON']._serialized_start=2670
+  _globals['_FINISHREASON']._serialized_end=2842
+  _globals['_KVEVENTKIND']._serialized_start=2844
+  _globals['_KVEVENTKIND']._serialized_end=2968
   _globals['_GENERATEREQUEST']._serialized_start=49
   _globals['_GENERATEREQUEST']._serialized_end=449
   _globals['_GENERATEREQUEST_ANNOTATIONSENTRY']._serialized_start=399
@@ -57,28 +57,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGE']._serialized_end=1353
   _globals['_GENERATERESPONSE']._serialized_start=1356
   _globals['_GENERATERESPONSE']._serialized_end=1638
-  _globals['_STREAMREQUEST']._serialized_start=1640
-  _globals['_STREAMREQUEST']._serialized_end=1752
-  _globals['_STREAMITEM']._serialized_start=1755
-  _globals['_STREAMITEM']._serialized_end=1894
-  _globals['_STREAMRESPONSE']._serialized_start=1896
-  _globals['_STREAMRESPONSE']._serialized_end=1954
-  _globals['_CLEARKVBLOCKSREQUEST']._serialized_start=1956
-  _globals['_CLEARKVBLOCKSREQUEST']._serialized_end=1978
-  _globals['_CLEARKVBLOCKSRESPONSE']._serialized_start=1980
-  _globals['_CLEARKVBLOCKSRESPONSE']._serialized_end=2003
-  _globals['_MODELINFOREQUEST']._serialized_start=2005
-  _globals['_MODELINFOREQUEST']._serialized_end=2023
-  _globals['_MODELINFORESPONSE']._serialized_start=2025
-  _globals['_MODELINFORESPONSE']._serialized_end=2090
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=2092
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=2131
-  _globals['_KVEVENT']._serialized_start=2134
-  _globals['_KVEVENT']._serialized_end=2306
-  _globals['_KVEVENTBATCH']._serialized_start=2308
-  _globals['_KVEVENTBATCH']._serialized_end=2383
-  _globals['_WORKERSTATS']._serialized_start=2386
-  _globals['_WORKERSTATS']._serialized_end=2597
-  _globals['_WORKER']._serialized_start=2901
-  _globals['_WORKER']._serialized_end=3409
+  _globals['_STREAMREQUESTITEM']._serialized_start=1640
+  _globals['_STREAMREQUESTITEM']._serialized_end=1756
+  _globals['_STREAMREQUEST']._serialized_start=1758
+  _globals['_STREAMREQUEST']._serialized_end=1822
+  _globals['_STREAMITEM']._serialized_start=1825
+  _globals['_STREAMITEM']._serialized_end=1964
+  _globals['_STREAMRESPONSE']._serialized_start=1966
+  _globals['_STREAMRESPONSE']._serialized_end=2024
+  _globals['_CLEARKVBLOCKSREQUEST']._serialized_start=2026
+  _globals['_CLEARKVBLOCKSREQUEST']._serialized_end=2048
+  _globals['_CLEARKVBLOCKSRESPONSE']._serialized_start=2050
+  _globals['_CLEARKVBLOCKSRESPONSE']._serialized_end=2073
+  _globals['_MODELINFOREQUEST']._serialized_start=2075
+  _globals['_MODELINFOREQUEST']._serialized_end=2093
+  _globals['_MODELINFORESPONSE']._serialized_start=2095
+  _globals['_MODELINFORESPONSE']._serialized_end=2160
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=2162
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=2201
+  _globals['_KVEVENT']._serialized_start=2204
+  _globals['_KVEVENT']._serialized_end=2376
+  _globals['_KVEVENTBATCH']._serialized_start=2378
+  _globals['_KVEVENTBATCH']._serialized_end=2453
+  _globals['_WORKERSTATS']._serialized_start=2456
+  _globals['_WORKERSTATS']._serialized_end=2667
+  _globals['_WORKER']._serialized_start=2971
+  _globals['_WORKER']._serialized_end=3479
 # @@protoc_insertion_point(module_scope)

@@ -158,7 +158,7 @@ class GenerateResponse(_message.Message):
     error: str
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., disaggregated_params: _Optional[_Union[DisaggregatedParams, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
-class StreamRequest(_message.Message):
+class StreamRequestItem(_message.Message):
     __slots__ = ("stream_id", "generate", "cancel")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +167,12 @@ class StreamRequest(_message.Message):
     generate: GenerateRequest
     cancel: bool
     def __init__(self, stream_id: _Optional[int] = ..., generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class StreamRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[StreamRequestItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[StreamRequestItem, _Mapping]]] = ...) -> None: ...
 
 class StreamItem(_message.Message):
     __slots__ = ("stream_id", "output", "done", "status_code", "status_message")

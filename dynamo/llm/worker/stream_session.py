@@ -1,6 +1,8 @@
 """One `GenerateStream` call on a worker: many requests over one stream, their outputs batched.
 
 Each request runs as its own task through the same code as `Generate` (WorkerServicer.serve_request);
+the requests of one client message are dispatched together, so a batch of them reaches the
+engine in one go rather than one gRPC read apart;
 its outputs go into one pending `StreamResponse`, which a single writer sends whenever the previous
 write has completed. Outputs that become ready together (one engine step of many requests) thus
 travel in one message, and a slow client gets bigger messages rather than more of them.
@@ -54,7 +56,8 @@ class StreamSession:
             async for msg in requests:
                 if self._write_error is not None:
                     break
-                self._dispatch(msg)
+                for item in msg.items:
+                    self._dispatch(item)
             # The client half-closed (or went away: grpc reads that as the end of the requests too,
             # and then cancels this handler): what it sent runs to the end, then the call ends.
             if self._tasks:
@@ -91,7 +94,7 @@ class StreamSession:
             held, self._held = self._held, None
             held.__exit__(None, None, None)
 
-    def _dispatch(self, msg: pb.StreamRequest) -> None:
+    def _dispatch(self, msg: pb.StreamRequestItem) -> None:
         sid = msg.stream_id
         kind = msg.WhichOneof("kind")
         if kind == "generate":
@@ -105,7 +108,7 @@ class StreamSession:
             if task is not None:
                 task.cancel()
         else:
-            self._end(sid, grpc.StatusCode.INVALID_ARGUMENT, "a StreamRequest must carry `generate` or `cancel`")
+            self._end(sid, grpc.StatusCode.INVALID_ARGUMENT, "a StreamRequestItem must carry `generate` or `cancel`")
 
     async def _run_one(self, sid: int, request: pb.GenerateRequest) -> None:
         async def emit(out: GenerateOutput) -> None:
