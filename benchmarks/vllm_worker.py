@@ -16,6 +16,11 @@ time (an idle vLLM engine uses ~0.01 core here), every engine on the conformance
   process (this file with --inprocess) by the same request loop (_loadgen.drive) with the same
   prompt token ids and the sampling the worker sends vLLM (greedy, ignore_eos, DELTA outputs, no
   detokenization).
+Everything else (the worker's and the baseline's own processes, their engine-core processes, the
+load generator) runs on the other cores (--front-cpus auto; vLLM's model threads bind themselves
+to VLLM_CPU_OMP_THREADS_BIND whatever they inherit): front-end work that the OS puts on the model's
+core preempts its forward passes (~900 times a second at c=16 here), which penalises the side with
+more front-end work. --front-cpus none leaves placement to the OS.
 Why side by side: one engine's speed drifts by ±20% over minutes on these machines (it also gets
 faster over its first minutes), more than the overhead measured. So each repetition measures the
 three setups back to back (their order rotating), and each figure is the median over repetitions of
@@ -86,6 +91,8 @@ from benchmarks._vllm_common import (  # noqa: E402
 
 # vLLM logs (and resets) its NIXL transfer stats every VLLM_LOG_STATS_INTERVAL s, at DEBUG level when
 # the engine looks idle, which a c=1 decode engine mostly does while it waits for the prefill.
+#: where the aggregated engines' model (OpenMP) threads run: VLLM_CPU_OMP_THREADS_BIND of ENGINE_ENV["agg"]
+MODEL_CPU = int(ENGINE_ENV["agg"]["VLLM_CPU_OMP_THREADS_BIND"])
 DECODE_STATS_ENV = {"VLLM_LOG_STATS_INTERVAL": "1", "VLLM_LOGGING_LEVEL": "DEBUG"}
 
 
@@ -289,8 +296,11 @@ async def run(a: argparse.Namespace) -> None:
         # 1. the aggregated worker and the in-process baseline, side by side on core 0
         t = time.monotonic()
         all_cpus = os.sched_getaffinity(0)
-        if a.front_cpus:
-            set_process_affinity(parse_cpus(a.front_cpus))
+        front = front_cpus(a.front_cpus, all_cpus)
+        if front:
+            set_process_affinity(front)
+        print(f"engines' model threads on CPU {MODEL_CPU}; everything else on "
+              f"{','.join(map(str, sorted(front or all_cpus)))}", flush=True)
         started = await asyncio.gather(
             start_worker(discovery, model, "agg", "vllm-agg"),
             JsonChild.start([__file__, "--inprocess", "--model-dir", str(model)], {**ENGINE_ENV["agg"]}, 300),
@@ -389,9 +399,15 @@ async def wait_remote_prefill(decode, prompt_len: int, timeout: float = 30) -> N
                        f"{decode.log()[-3000:]}")
 
 
-def parse_cpus(text: str) -> set[int]:
+def front_cpus(spec: str, allowed: set[int]) -> set[int]:
+    """--front-cpus: "auto" = the allowed CPUs but the models' (none if that leaves nothing),
+    "none" = no pinning, else a list like "1" or "2-3,6"."""
+    if spec == "none":
+        return set()
+    if spec == "auto":
+        return allowed - {MODEL_CPU}
     cpus: set[int] = set()
-    for part in text.split(","):
+    for part in spec.split(","):
         lo, _, hi = part.partition("-")
         cpus.update(range(int(lo), int(hi or lo) + 1))
     return cpus
@@ -413,7 +429,8 @@ def spread(values: list[float], fmt: str) -> str:
 def report(a: argparse.Namespace, model: Path, phases: list[Phase], setups: list[Setup], disagg: Setup | None,
            transfer: tuple[int, float, float] | None, load: float, total: float) -> None:
     *workers, base = setups
-    print(f"\nvLLM worker vs AsyncLLM in-process; tiny model, both engines pinned to core 0 and taking turns; "
+    print(f"\nvLLM worker vs AsyncLLM in-process; tiny model, both engines' model threads on core {MODEL_CPU}, "
+          f"taking turns; front-end CPUs {a.front_cpus}; "
           f"load average {load:.2f} at start, now {os.getloadavg()[0]:.2f}; total {total:.0f} s")
     print(HEADER + f" {'others':>6} {'front':>8}")
     for ph in phases:
@@ -497,8 +514,10 @@ def main() -> None:
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average below this")
     p.add_argument("--max-wait", type=float, default=180.0, help="longest wait for that, seconds")
     p.add_argument("--phases", default="c1,c16,long", help="which phases to run (comma-separated)")
-    p.add_argument("--front-cpus", default="", help="CPUs for everything but the engines' model threads "
-                   "(worker and baseline processes, their engine cores, the load generator), e.g. 1")
+    p.add_argument("--front-cpus", default="auto",
+                   help="CPUs for everything but the engines' model threads (the worker's and the baseline's "
+                   "processes, their engine cores, the load generator): 'auto' (every CPU but the models' "
+                   f"core {MODEL_CPU}), 'none' (no pinning) or a list, e.g. 1")
     p.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--answer-file", help=argparse.SUPPRESS)
