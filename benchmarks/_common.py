@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,6 +85,13 @@ class Result:
     @property
     def tok_s(self) -> float:
         return self.tokens / self.wall
+
+
+def median_result(results: Sequence[Result]) -> Result:
+    """Field by field, the median over repetitions of one setup (label and counts from the first)."""
+    numeric = {f.name: statistics.median(getattr(r, f.name) for r in results)
+               for f in dataclasses.fields(Result) if f.name not in ("label", "concurrency", "requests", "tokens")}
+    return dataclasses.replace(results[0], **numeric)
 
 
 def summarise(label: str, concurrency: int, raw: dict, server_cpu: Sequence[float] = (),

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import signal
 import statistics
@@ -44,7 +43,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import HEADER, LEGEND, Result, ensure_tiny_model, row, run_loadgen, summarise, track  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    HEADER,
+    LEGEND,
+    Result,
+    ensure_tiny_model,
+    median_result,
+    row,
+    run_loadgen,
+    summarise,
+    track,
+)
 from benchmarks._vllm_common import (  # noqa: E402
     ENGINE_ENV,
     EXTRA_FLAGS_ENV,
@@ -114,10 +123,7 @@ class Measured:
 
 def median_of(ms: list[Measured]) -> Measured:
     """Field by field, the median over repetitions."""
-    res = [m.result for m in ms]
-    numeric = {f.name: statistics.median(getattr(r, f.name) for r in res)
-               for f in dataclasses.fields(Result) if f.name not in ("label", "concurrency", "requests", "tokens")}
-    return Measured(dataclasses.replace(res[0], **numeric), statistics.median(m.others for m in ms),
+    return Measured(median_result([m.result for m in ms]), statistics.median(m.others for m in ms),
                     [statistics.median(x) for x in zip(*(m.split for m in ms))])
 
 

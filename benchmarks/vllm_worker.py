@@ -69,6 +69,7 @@ from benchmarks._common import (  # noqa: E402
     LEGEND,
     Result,
     ensure_tiny_model,
+    median_result,
     process_cpu,
     row,
     run_loadgen,
@@ -207,11 +208,7 @@ def own_cpu(pid: int) -> float:
 
 def median_measured(ms: list[Measured]) -> Measured:
     """Field by field, the median over repetitions."""
-    res = [m.result for m in ms]
-    numeric = {f.name: statistics.median(getattr(r, f.name) for r in res)
-               for f in dataclasses.fields(Result) if f.name not in ("label", "concurrency", "requests", "tokens")}
-    med = dataclasses.replace(res[0], **numeric)
-    return Measured(med, statistics.median(m.others for m in ms),
+    return Measured(median_result([m.result for m in ms]), statistics.median(m.others for m in ms),
                     statistics.median(m.front_us_per_token for m in ms) * 1e-6, 1)
 
 
