@@ -17,10 +17,11 @@ time (an idle vLLM engine uses ~0.01 core here), every engine on the conformance
   prompt token ids and the sampling the worker sends vLLM (greedy, ignore_eos, DELTA outputs, no
   detokenization).
 Everything else (the worker's and the baseline's own processes, their engine-core processes, the
-load generator) runs on the other cores (--front-cpus auto; vLLM's model threads bind themselves
-to VLLM_CPU_OMP_THREADS_BIND whatever they inherit): front-end work that the OS puts on the model's
-core preempts its forward passes (~900 times a second at c=16 here), which penalises the side with
-more front-end work. --front-cpus none leaves placement to the OS.
+load generator) goes where the OS puts it (--front-cpus none, the default), or with --front-cpus
+auto on the other cores, on both sides alike (vLLM's model threads bind themselves to
+VLLM_CPU_OMP_THREADS_BIND whatever they inherit). Front-end work that lands on the model's core
+preempts its forward passes (~900 times a second at c=16 here); kept off it, c=16 gains, but at
+c=1 the load generator, the front end and the engine core then share one core.
 Why side by side: one engine's speed drifts by ±20% over minutes on these machines (it also gets
 faster over its first minutes), more than the overhead measured. So each repetition measures the
 three setups back to back (their order rotating), and each figure is the median over repetitions of
@@ -511,7 +512,7 @@ def main() -> None:
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average below this")
     p.add_argument("--max-wait", type=float, default=180.0, help="longest wait for that, seconds")
     p.add_argument("--phases", default="c1,c16,long", help="which phases to run (comma-separated)")
-    p.add_argument("--front-cpus", default="auto",
+    p.add_argument("--front-cpus", default="none",
                    help="CPUs for everything but the engines' model threads (the worker's and the baseline's "
                    "processes, their engine cores, the load generator): 'auto' (every CPU but the models' "
                    f"core {MODEL_CPU}), 'none' (no pinning) or a list, e.g. 1")

@@ -196,7 +196,8 @@ class _RecordingServer:
         return None
 
 
-async def test_stream_session_runs_every_item_of_a_message_and_rejects_bad_ones_alone() -> None:
+async def test_stream_session_runs_every_item_of_a_message_and_rejects_bad_ones_alone(
+        caplog: pytest.LogCaptureFixture) -> None:
     from contextlib import nullcontext
 
     def item(sid: int, rid: str | None) -> pb.StreamRequestItem:
@@ -205,6 +206,7 @@ async def test_stream_session_runs_every_item_of_a_message_and_rejects_bad_ones_
         return pb.StreamRequestItem(stream_id=sid, generate=pb.GenerateRequest(request_id=rid, token_ids=[5]))
 
     async def requests():  # type: ignore[no-untyped-def]
+        yield pb.StreamRequest()  # as an older client's message parses: no items
         yield pb.StreamRequest(items=[item(1, "a"), item(1, "dup"), item(2, None), item(3, "b")])
 
     server, ctx = _RecordingServer(), _GatedContext()
@@ -217,3 +219,4 @@ async def test_stream_session_runs_every_item_of_a_message_and_rejects_bad_ones_
     assert sorted(e[:2] for e in ends) == [(1, 0), (1, invalid), (2, invalid), (3, 0)]
     messages = {e[0]: e[2] for e in ends if e[1] == invalid}
     assert "already in use" in messages[1] and "must carry" in messages[2]
+    assert "without items" in caplog.text, "a message the server cannot read must not vanish silently"

@@ -49,6 +49,7 @@ class StreamSession:
         self._ready = asyncio.Event()
         self._write_error: BaseException | None = None
         self._closing = False
+        self._warned_empty = False
 
     async def run(self, requests: AsyncIterator[pb.StreamRequest]) -> None:
         writer = asyncio.create_task(self._write_loop())
@@ -56,6 +57,12 @@ class StreamSession:
             async for msg in requests:
                 if self._write_error is not None:
                     break
+                if not msg.items and not self._warned_empty:
+                    # What a client built for the older worker.proto (one request per message,
+                    # no `items`) sends: without this line its requests would vanish silently.
+                    log.warning("GenerateStream from %s: a StreamRequest without items (a client built "
+                                "for an older worker.proto?); ignored", self._context.peer())
+                    self._warned_empty = True
                 for item in msg.items:
                     self._dispatch(item)
             # The client half-closed (or went away: grpc reads that as the end of the requests too,
