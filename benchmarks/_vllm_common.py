@@ -90,10 +90,10 @@ def kill_group(proc: subprocess.Popen | asyncio.subprocess.Process, grace: float
 
 
 class JsonChild:
-    """`python ARGV` in its own process group, answering commands: each JSON command written to
-    its stdin names a file (`"out"`) for the child to write its JSON answer to, then the child prints
-    a line with RESULT (its stdout is shared with vLLM's logs, so the answer does not travel
-    there). It answers once when ready; closing its stdin ends it."""
+    """`python ARGV --answer-file FILE` in its own process group, answering commands: for each JSON
+    line written to its stdin it writes its JSON answer to FILE, then prints a line with RESULT
+    (its stdout is shared with vLLM's logs, so the answer does not travel there). It answers once
+    when ready; closing its stdin ends it."""
 
     def __init__(self, proc: asyncio.subprocess.Process, argv: Sequence[str], out: Path) -> None:
         self.proc = proc

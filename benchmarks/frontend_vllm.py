@@ -37,6 +37,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +129,9 @@ def median_of(ms: list[Measured]) -> Measured:
 
 
 async def measure(url: str, pids: list[int], label: str, a: argparse.Namespace, concurrency: int,
-                  requests: int) -> Measured:
-    window = CpuWindow(pids)
+                  requests: int, idle_pids: Sequence[int] = ()) -> Measured:
+    """`pids`: the measured servers; `idle_pids`: ours too, idle meanwhile (not "others")."""
+    window = CpuWindow([*pids, *idle_pids])
     raw, cpu = await run_loadgen(["http", "--url", url, "--model", MODEL_NAME, "--concurrency", str(concurrency),
                                   "--requests", str(requests), "--warmup", str(min(concurrency, requests)),
                                   "--max-tokens", str(a.max_tokens), "--prompt-len", str(a.prompt_len)],
@@ -163,10 +165,12 @@ async def run(a: argparse.Namespace) -> None:
             ours_pids = [frontend.proc.pid, worker.pid]
 
             async def ours_run(c: int, n: int) -> None:
-                ours[c].append(await measure(frontend.url, ours_pids, "dynamo frontend + vllm worker", a, c, n))  # type: ignore[union-attr]
+                ours[c].append(await measure(frontend.url, ours_pids, "dynamo frontend + vllm worker", a, c, n,  # type: ignore[union-attr]
+                                             idle_pids=[server.proc.pid]))
 
             async def theirs_run(c: int, n: int) -> None:
-                theirs[c].append(await measure(server.url, [server.proc.pid], "vLLM api_server (baseline)", a, c, n))
+                theirs[c].append(await measure(server.url, [server.proc.pid], "vLLM api_server (baseline)", a, c, n,
+                                               idle_pids=ours_pids))
 
             for k in range(a.repeat):
                 for c, n in levels:

@@ -91,10 +91,10 @@ from benchmarks._vllm_common import (  # noqa: E402
 )
 
 
-# vLLM logs (and resets) its NIXL transfer stats every VLLM_LOG_STATS_INTERVAL s, at DEBUG level when
-# the engine looks idle, which a c=1 decode engine mostly does while it waits for the prefill.
 #: where the aggregated engines' model (OpenMP) threads run: VLLM_CPU_OMP_THREADS_BIND of ENGINE_ENV["agg"]
 MODEL_CPU = int(ENGINE_ENV["agg"]["VLLM_CPU_OMP_THREADS_BIND"])
+# vLLM logs (and resets) its NIXL transfer stats every VLLM_LOG_STATS_INTERVAL s, at DEBUG level when
+# the engine looks idle, which a c=1 decode engine mostly does while it waits for the prefill.
 DECODE_STATS_ENV = {"VLLM_LOG_STATS_INTERVAL": "1", "VLLM_LOGGING_LEVEL": "DEBUG"}
 
 
@@ -176,11 +176,10 @@ async def inprocess(a: argparse.Namespace) -> None:
                 return Record(start - t0, first - start, end - t0, tokens, messages)
 
             await drive(one, ph.warmup, 0, ph.concurrency)
-            window = CpuWindow([os.getpid()])
             tree0 = process_cpu([os.getpid()])  # this process and its engine-core children
             raw = await drive(one, 0, ph.requests, ph.concurrency)
             tree = process_cpu([os.getpid()]) - tree0
-            answer(a.answer_file, {"others": window.others(), "tree_cpu": tree, **raw})
+            answer(a.answer_file, {"tree_cpu": tree, **raw})
     finally:
         llm.shutdown()
         remove_kv_events_socket(engine_args)
@@ -192,12 +191,9 @@ async def inprocess(a: argparse.Namespace) -> None:
 class Measured:
     result: Result
     others: float  # cores other people's processes used meanwhile
-    front_cpu: float  # CPU s of the process running AsyncLLM's front end (worker / benchmark), not children
-    front_tokens: int  # output tokens produced while front_cpu was measured
-
-    @property
-    def front_us_per_token(self) -> float:
-        return self.front_cpu / self.front_tokens * 1e6
+    # CPU µs per output token of the process running AsyncLLM's front end (worker / baseline child),
+    # children excluded
+    front_us_per_token: float
 
 
 def own_cpu(pid: int) -> float:
@@ -210,7 +206,7 @@ def own_cpu(pid: int) -> float:
 def median_measured(ms: list[Measured]) -> Measured:
     """Field by field, the median over repetitions."""
     return Measured(median_result([m.result for m in ms]), statistics.median(m.others for m in ms),
-                    statistics.median(m.front_us_per_token for m in ms) * 1e-6, 1)
+                    statistics.median(m.front_us_per_token for m in ms))
 
 
 class Setup:
@@ -264,20 +260,23 @@ class WorkerSetup(Setup):
                 path = sampler.stop()
                 self.profile_text = f"(collapsed stacks: {path})\n" + summarise_profile(path)
         res = summarise(self.label, ph.concurrency, raw, cpu, expected_tokens=ph.requests * ph.max_tokens)
-        return Measured(res, window.others(), own_cpu(self.pids[-1]) - front0,
-                        (ph.requests + ph.warmup) * ph.max_tokens)
+        front_tokens = (ph.requests + ph.warmup) * ph.max_tokens
+        return Measured(res, window.others(), (own_cpu(self.pids[-1]) - front0) / front_tokens * 1e6)
 
 
 class BaselineSetup(Setup):
-    def __init__(self, child: JsonChild, timeout: float) -> None:
+    """`others_pids`: our processes idle meanwhile (the worker)."""
+
+    def __init__(self, child: JsonChild, timeout: float, others_pids: list[int]) -> None:
         super().__init__("AsyncLLM in-process (baseline)")
-        self.child, self.timeout = child, timeout
+        self.child, self.timeout, self.others_pids = child, timeout, others_pids
 
     async def measure(self, ph: Phase) -> Measured:
+        window = CpuWindow([self.child.pid, *self.others_pids])
         raw = await self.child.ask(dataclasses.asdict(ph), self.timeout)
         res = summarise(self.label, ph.concurrency, raw, [raw["tree_cpu"]],
                         expected_tokens=ph.requests * ph.max_tokens)
-        return Measured(res, raw["others"], raw["cpu"], res.tokens)
+        return Measured(res, window.others(), raw["cpu"] / res.tokens * 1e6)
 
 
 async def run(a: argparse.Namespace) -> None:
@@ -287,6 +286,7 @@ async def run(a: argparse.Namespace) -> None:
     load = wait_quiet(a.max_load, a.max_wait)
     print(f"load average (1 min) before measuring: {load:.2f}", flush=True)
     setups: list[Setup] = []
+    profiled: WorkerSetup | None = None
     disagg: Setup | None = None
     transfer: tuple[int, float, float] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-vllm-worker-") as d:
@@ -316,8 +316,8 @@ async def run(a: argparse.Namespace) -> None:
             stream = WorkerSetup("dynamo.vllm (GenerateStream)", w.record.target, [w.pid], "stream", a.timeout,
                                  prompt_offset=3 * a.repeat + 3, others_pids=[child.pid])
             if a.profile:
-                stream.profile_pid = w.pid
-            base = BaselineSetup(child, a.timeout)
+                stream.profile_pid, profiled = w.pid, stream
+            base = BaselineSetup(child, a.timeout, others_pids=[w.pid])
             setups = [gen, stream, base]
             t = time.monotonic()
             for s in (base, gen):  # the stream setup runs on the worker's (then warm) engine
@@ -370,10 +370,9 @@ async def run(a: argparse.Namespace) -> None:
                         await x.close()
                         x.log_path.unlink(missing_ok=True)
     report(a, model, phases, setups, disagg, transfer, load, time.monotonic() - t_start)
-    profile_text = setups[1].profile_text if len(setups) > 1 else ""  # type: ignore[attr-defined]
-    if profile_text:
+    if profiled is not None and profiled.profile_text:
         print("\npy-spy profile of the worker process (gRPC + AsyncLLM front) during a GenerateStream "
-              "c=16 run:\n" + profile_text)
+              "c=16 run:\n" + profiled.profile_text)
 
 
 async def wait_remote_prefill(decode, prompt_len: int, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
