@@ -42,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import ensure_tiny_model, run_main, track  # noqa: E402
+from benchmarks._common import ensure_tiny_model, percentile, run_main, track  # noqa: E402
 from benchmarks._loadgen import prompt_ids  # noqa: E402
 from benchmarks._vllm_common import ENGINE_ENV, MODEL_NAME, JsonChild, answer, engine_flags, start_worker  # noqa: E402
 
@@ -158,26 +158,23 @@ def read_probe(folder: Path, marks: Marks) -> None:
 
 def table(label: str, marks: Marks, stages: list[tuple[str, str, str]]) -> dict[str, float]:
     """Print p50 / p90 of each stage; return the p50s (ms)."""
-    def pct(xs: list[float], q: float) -> float:
-        xs = sorted(xs)
-        return xs[min(len(xs) - 1, int(q * len(xs)))]
-
     rows = [*stages, ("TTFT", "t0", "first")]
     p50: dict[str, float] = {}
     complete = [m for m in marks.values() if all(k in m for _, s, e in rows for k in (s, e))]
     print(f"{label} ({len(complete)} of {len(marks)} requests with every mark)")
+
+    def show(name: str, xs: list[float]) -> None:
+        p50[name] = statistics.median(xs)
+        print(f"  {name:>14}  p50 {p50[name]:6.2f}  p90 {percentile(xs, 90):6.2f}")
+
     if not complete:
         return p50
-    for name, start, end in rows:
-        xs = [(m[end] - m[start]) * 1e3 for m in complete]
-        p50[name] = statistics.median(xs)
-        print(f"  {name:>14}  p50 {p50[name]:6.2f}  p90 {pct(xs, 0.9):6.2f}")
     cpu = [m["add_cpu"] * 1e3 for m in complete if "add_cpu" in m]
-    if cpu:
-        print(f"  {'(its CPU)':>14}  p50 {statistics.median(cpu):6.2f}  p90 {pct(cpu, 0.9):6.2f}")
-    front = [((m["first"] - m["t0"]) - (m["engine"] - m["add1"])) * 1e3 for m in complete]
-    p50["TTFT − engine"] = statistics.median(front)
-    print(f"  {'TTFT − engine':>14}  p50 {p50['TTFT − engine']:6.2f}  p90 {pct(front, 0.9):6.2f}")
+    for name, start, end in rows:
+        show(name, [(m[end] - m[start]) * 1e3 for m in complete])
+        if name == "add_request" and cpu:
+            show("(its CPU)", cpu)
+    show("TTFT − engine", [((m["first"] - m["t0"]) - (m["engine"] - m["add1"])) * 1e3 for m in complete])
     return p50
 
 
