@@ -13,8 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -150,6 +152,36 @@ class JsonChild:
         await self.proc.wait()
         self._stderr.cancel()
         self._out.unlink(missing_ok=True)
+
+
+@contextmanager
+def baseline_llm(model: Path) -> Iterator[Any]:
+    """The in-process baselines' AsyncLLM, configured as the worker runs it: the same engine flags
+    parsed by vLLM's own parser, plus what the worker adds (its KV-event publisher). Shut down on exit."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from dynamo.vllm.args import prepare_engine_args, remove_kv_events_socket
+
+    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())  # type: ignore[arg-type]
+    engine_args = prepare_engine_args(AsyncEngineArgs.from_cli_args(parser.parse_args(engine_flags(model))), "agg")
+    llm = AsyncLLM.from_engine_args(engine_args)
+    try:
+        yield llm
+    finally:
+        llm.shutdown()
+        remove_kv_events_socket(engine_args)
+
+
+def baseline_sampling(max_tokens: int) -> Any:
+    """The sampling the worker sends vLLM for a benchmark request: greedy, ignore_eos, DELTA
+    outputs, no detokenization."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False,
+                          output_kind=RequestOutputKind.DELTA)
 
 
 def answer(path: str, obj: dict) -> None:

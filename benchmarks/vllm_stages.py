@@ -44,7 +44,15 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._common import ensure_tiny_model, percentile, run_main, track  # noqa: E402
 from benchmarks._loadgen import prompt_ids  # noqa: E402
-from benchmarks._vllm_common import ENGINE_ENV, MODEL_NAME, JsonChild, answer, engine_flags, start_worker  # noqa: E402
+from benchmarks._vllm_common import (  # noqa: E402
+    ENGINE_ENV,
+    MODEL_NAME,
+    JsonChild,
+    answer,
+    baseline_llm,
+    baseline_sampling,
+    start_worker,
+)
 
 PROBE_DIR = Path(__file__).resolve().parent / "_stage_probe"
 #: (name, start mark, end mark) of the stages printed, in request order; "t0"/"first" are the client's
@@ -109,23 +117,11 @@ async def closed_loop(one, warmup: int, requests: int, concurrency: int,  # type
 async def inprocess(a: argparse.Namespace) -> None:
     """The baseline, a JsonChild: for each command {vocab, warmup, requests, concurrency} on stdin,
     runs that closed loop on its AsyncLLM and answers the measured requests' marks."""
-    from vllm import SamplingParams
-    from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.inputs import tokens_input
-    from vllm.sampling_params import RequestOutputKind
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-    from vllm.v1.engine.async_llm import AsyncLLM
 
-    from dynamo.vllm.args import prepare_engine_args, remove_kv_events_socket
-
-    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())  # type: ignore[arg-type]
-    engine_args = prepare_engine_args(  # what the worker runs: the flags plus its KV-event publisher
-        AsyncEngineArgs.from_cli_args(parser.parse_args(engine_flags(Path(a.model_dir)))), "agg")
-    llm = AsyncLLM.from_engine_args(engine_args)
-    params = SamplingParams(temperature=0.0, max_tokens=a.max_tokens, ignore_eos=True, detokenize=False,
-                            output_kind=RequestOutputKind.DELTA)
+    params = baseline_sampling(a.max_tokens)
     loop = asyncio.get_running_loop()
-    try:
+    with baseline_llm(Path(a.model_dir)) as llm:
         answer(a.answer_file, {"ready": True})
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             cmd = json.loads(line)
@@ -140,9 +136,6 @@ async def inprocess(a: argparse.Namespace) -> None:
                 return marks
 
             answer(a.answer_file, await closed_loop(one, cmd["warmup"], cmd["requests"], cmd["concurrency"], vocab))
-    finally:
-        llm.shutdown()
-        remove_kv_events_socket(engine_args)
 
 
 def read_probe(folder: Path, marks: Marks) -> None:

@@ -59,6 +59,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -83,7 +84,8 @@ from benchmarks._vllm_common import (  # noqa: E402
     CpuWindow,
     JsonChild,
     answer,
-    engine_flags,
+    baseline_llm,
+    baseline_sampling,
     kv_bytes_per_token,
     nixl_transfer_mb,
     start_worker,
@@ -138,30 +140,18 @@ def warmup_phase(a: argparse.Namespace) -> Phase:
 # --- the in-process baseline (a child process, answering one JSON command per phase) ---------
 
 async def inprocess(a: argparse.Namespace) -> None:
-    from vllm import SamplingParams
-    from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.inputs import tokens_input
-    from vllm.sampling_params import RequestOutputKind
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-    from vllm.v1.engine.async_llm import AsyncLLM
 
     from benchmarks._loadgen import Record, drive, prompt_ids
 
-    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())  # type: ignore[arg-type]
-    engine_args = AsyncEngineArgs.from_cli_args(parser.parse_args(engine_flags(Path(a.model_dir))))
-    # The engine configuration the worker runs: the user's flags plus its KV-event publisher.
-    from dynamo.vllm.args import prepare_engine_args, remove_kv_events_socket
-    engine_args = prepare_engine_args(engine_args, "agg")
-    llm = AsyncLLM.from_engine_args(engine_args)
     loop = asyncio.get_running_loop()
-    try:
+    with baseline_llm(Path(a.model_dir)) as llm:
         answer(a.answer_file, {"ready": True})
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             ph = Phase(**json.loads(line))
-            params = SamplingParams(temperature=0.0, max_tokens=ph.max_tokens, ignore_eos=True,
-                                    detokenize=False, output_kind=RequestOutputKind.DELTA)
+            params = baseline_sampling(ph.max_tokens)
 
-            async def one(i: int, t0: float, ph: Phase = ph, params: SamplingParams = params) -> Record:
+            async def one(i: int, t0: float, ph: Phase = ph, params: Any = params) -> Record:
                 prompt = tokens_input(prompt_ids(i, ph.prompt_len, ph.vocab))
                 start = time.perf_counter()
                 first = float("nan")
@@ -180,9 +170,6 @@ async def inprocess(a: argparse.Namespace) -> None:
             raw = await drive(one, 0, ph.requests, ph.concurrency)
             tree = process_cpu([os.getpid()]) - tree0
             answer(a.answer_file, {"tree_cpu": tree, **raw})
-    finally:
-        llm.shutdown()
-        remove_kv_events_socket(engine_args)
 
 
 # --- the parent ---------------------------------------------------------------------------------
