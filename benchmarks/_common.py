@@ -81,6 +81,7 @@ class Result:
     tokens_per_msg: float
     client_cores: float  # load generator CPU seconds / wall
     server_cores: float  # CPU of the server processes (frontend + workers) / wall; nan in-process
+    queued_p50: float = 0.0  # seconds from arrival until the request's own code ran (_loadgen.Record)
 
     @property
     def tok_s(self) -> float:
@@ -108,7 +109,8 @@ def summarise(label: str, concurrency: int, raw: dict, server_cpu: Sequence[floa
                   itl_mean=sum(itls) / len(itls) if itls else float("nan"),
                   tokens_per_msg=tokens / messages if messages else float("nan"),
                   client_cores=raw["cpu"] / raw["wall"],
-                  server_cores=sum(server_cpu) / raw["wall"] if server_cpu else float("nan"))
+                  server_cores=sum(server_cpu) / raw["wall"] if server_cpu else float("nan"),
+                  queued_p50=percentile([r.get("queued", 0.0) for r in recs], 50))
 
 
 def process_cpu(pids: list[int]) -> float:

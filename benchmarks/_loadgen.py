@@ -6,9 +6,10 @@
 
 Each mode runs `--warmup` unrecorded requests, then `--requests` requests with at most
 `--concurrency` in flight (each of `--max-tokens` output tokens, ignore_eos), and writes ONE JSON
-object (to `--out FILE`, else as one line on stdout): per-request records (start, first-token and end times relative to the measured
-phase, output tokens, messages or SSE chunks) plus the wall time and this process's CPU seconds
-over the measured phase, so the parent can say how much of the machine the load generator took.
+object (to `--out FILE`, else as one line on stdout): per-request records (arrival, first-token and
+end times relative to the measured phase, output tokens, messages or SSE chunks) plus the wall time
+and this process's CPU seconds over the measured phase, so the parent can say how much of the
+machine the load generator took. A request's TTFT counts from its arrival (see Arrivals).
 
 - grpc: the worker's `dynamo.llm.v1.Worker/Generate` through a plain grpc.aio stub (one channel);
   with `--transport stream`, every request on one `GenerateStream` call instead (what the frontend
@@ -39,11 +40,42 @@ sys.path.insert(0, str(REPO))
 
 @dataclass
 class Record:
-    start: float  # seconds since the measured phase began
-    ttft: float  # seconds from start to the first output token (nan if none came)
+    start: float  # when the request arrived (see Arrivals), seconds since the measured phase began
+    ttft: float  # seconds from its arrival to the first output token (nan if none came)
     end: float
     tokens: int  # output tokens as the server counted them
     messages: int  # gRPC messages, or SSE chunks carrying content
+    # seconds from its arrival until the request's own code ran: an in-process request waits here
+    # while the requests that arrived with it are submitted (the client processes: microseconds)
+    queued: float = 0.0
+
+
+class Arrivals:
+    """When a closed-loop user's next request arrives: when the completion that frees the user
+    is delivered.
+
+    The completions one event-loop turn delivers (one engine step's outputs, one gRPC message)
+    wake their users one after another, and each user's code runs to its next await before the
+    next user's starts. In-process, that includes submitting the next request to the engine
+    (vLLM's add_request: 0.2-0.5 ms of CPU), so a clock started by each user's own code would start
+    for the later requests of such a wave only once the earlier ones were submitted: the engine's
+    intake queue would be left out of the in-process TTFT, while a server's TTFT (measured from the
+    client's send) includes its own. So every user woken in one turn gets the time of the turn's
+    first call: for concurrency 1, simply when the previous request ended."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._turn: float | None = None
+
+    def now(self) -> float:
+        if self._turn is None:
+            self._turn = self._clock()
+            # runs after every callback already queued: the users this turn's completions woke
+            asyncio.get_running_loop().call_soon(self._end_turn)
+        return self._turn
+
+    def _end_turn(self) -> None:
+        self._turn = None
 
 
 def prompt_ids(i: int, length: int, vocab: int) -> list[int]:
@@ -57,7 +89,7 @@ def cpu_seconds() -> float:
 
 
 
-async def timed_stream(stream: Any, t0: float) -> Record:
+async def timed_stream(stream: Any, t0: float, arrived: float) -> Record:
     """Consume one stream of messages carrying `token_ids`; time its first token and its end."""
     start = time.perf_counter()
     first = float("nan")
@@ -68,17 +100,20 @@ async def timed_stream(stream: Any, t0: float) -> Record:
             first = time.perf_counter()
         tokens += n
         messages += 1
-    return Record(start - t0, first - start, time.perf_counter() - t0, tokens, messages)
+    return Record(arrived - t0, first - arrived, time.perf_counter() - t0, tokens, messages, start - arrived)
 
-async def drive(one: Callable[[int, float], Awaitable[Record]], warmup: int, requests: int,
+async def drive(one: Callable[[int, float, float], Awaitable[Record]], warmup: int, requests: int,
                 concurrency: int) -> dict:
-    """Run `warmup` then `requests` calls of `one(index, t0)` with `concurrency` workers."""
+    """Run `warmup` then `requests` calls of `one(index, t0, arrived)` with `concurrency` workers
+    (closed loop; `arrived`: the request's arrival time, see Arrivals)."""
+    arrivals = Arrivals()
+
     async def phase(n: int, base: int, t0: float, out: list[Record]) -> None:
         counter = itertools.count()
 
         async def worker() -> None:
             while (k := next(counter)) < n:
-                out.append(await one(base + k, t0))
+                out.append(await one(base + k, t0, arrivals.now()))
         await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
 
     if warmup:
@@ -111,14 +146,14 @@ async def run_grpc(a: argparse.Namespace) -> dict:
         req.stop.ignore_eos = True
         return req
 
-    async def one(i: int, t0: float) -> Record:
-        return await timed_stream(stub.Generate(request(i), timeout=a.timeout), t0)
+    async def one(i: int, t0: float, arrived: float) -> Record:
+        return await timed_stream(stub.Generate(request(i), timeout=a.timeout), t0, arrived)
 
     try:
         if a.transport == "stream":
             mux = _GenerateStreamDriver(stub, pb)
             try:
-                return await drive(lambda i, t0: timed_stream(mux.generate(i, request(i)), t0),
+                return await drive(lambda i, t0, arrived: timed_stream(mux.generate(i, request(i)), t0, arrived),
                                    a.warmup, a.requests, a.concurrency)
             finally:
                 print(f"GenerateStream: {mux.items} items in {mux.messages} messages", file=sys.stderr, flush=True)
@@ -241,7 +276,7 @@ async def run_http(a: argparse.Namespace) -> dict:
     host, port = u.hostname or "127.0.0.1", u.port or 80
     pool: list[HttpConnection] = [HttpConnection(host, port) for _ in range(a.concurrency)]
 
-    async def one(i: int, t0: float) -> Record:
+    async def one(i: int, t0: float, arrived: float) -> Record:
         # one connection per concurrent slot: take any idle one
         conn = pool.pop()
         words = " ".join(f"w{(i * 31 + j) % 997}" for j in range(a.prompt_len // 2))
@@ -272,7 +307,8 @@ async def run_http(a: argparse.Namespace) -> dict:
         end = time.perf_counter()
         if state["tokens"] < 0:
             raise RuntimeError(f"request {i}: no usage chunk in the stream")
-        return Record(start - t0, state["first"] - start, end - t0, state["tokens"], state["chunks"])
+        return Record(arrived - t0, state["first"] - arrived, end - t0, state["tokens"], state["chunks"],
+                      start - arrived)
 
     try:
         return await drive(one, a.warmup, a.requests, a.concurrency)
@@ -294,10 +330,10 @@ async def run_inproc(a: argparse.Namespace) -> dict:
                                        speedup_ratio=a.speedup_ratio))
     await engine.start()
 
-    async def one(i: int, t0: float) -> Record:
+    async def one(i: int, t0: float, arrived: float) -> Record:
         req = GenerateRequest(request_id=f"bench-{i}", token_ids=prompt_ids(i, a.prompt_len, facts.vocab_size),
                               stop=StopConditions(max_tokens=a.max_tokens, ignore_eos=True))
-        return await timed_stream(engine.generate(req), t0)
+        return await timed_stream(engine.generate(req), t0, arrived)
 
     try:
         return await drive(one, a.warmup, a.requests, a.concurrency)

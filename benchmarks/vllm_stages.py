@@ -22,7 +22,10 @@ Stages of one request (p50 and p90 over every measured request of a side, millis
   the prefill step, waiting behind a running step);
 - `vllm→emit`: vLLM's output processing and our adapter, up to the transport;
 - `emit→client`: the first output through gRPC to the client;
-- in-process, `vllm→client`: vLLM's output processing up to the request loop;
+- in-process, `queued`: the request's arrival (the loop turn that delivered the completion freeing
+  its user, as vllm_worker.py counts it) → its own code runs: the submissions of the requests that
+  arrived with it; `own→add`: → add_request starts; `vllm→client`: vLLM's output processing up to
+  the request loop;
 - `TTFT`, and `TTFT − engine`: what the front end costs, the engine's time taken out.
 Then, per round, the worker's p50s minus the baseline's: TTFT, engine time, and TTFT − engine.
 """
@@ -43,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._common import ensure_tiny_model, percentile, run_main, track  # noqa: E402
-from benchmarks._loadgen import prompt_ids  # noqa: E402
+from benchmarks._loadgen import Arrivals, prompt_ids  # noqa: E402
 from benchmarks._vllm_common import (  # noqa: E402
     ENGINE_ENV,
     MODEL_NAME,
@@ -58,8 +61,8 @@ PROBE_DIR = Path(__file__).resolve().parent / "_stage_probe"
 #: (name, start mark, end mark) of the stages printed, in request order; "t0"/"first" are the client's
 WORKER_STAGES = [("client→worker", "t0", "in"), ("worker→add", "in", "add0"), ("add_request", "add0", "add1"),
                  ("engine", "add1", "engine"), ("vllm→emit", "engine", "emit"), ("emit→client", "emit", "first")]
-BASELINE_STAGES = [("add_request", "add0", "add1"), ("engine", "add1", "engine"),
-                   ("vllm→client", "engine", "first")]
+BASELINE_STAGES = [("queued", "t0", "own"), ("own→add", "own", "add0"), ("add_request", "add0", "add1"),
+                   ("engine", "add1", "engine"), ("vllm→client", "engine", "first")]
 Marks = dict[str, dict[str, float]]  # request id -> stage -> monotonic seconds
 
 
@@ -76,12 +79,12 @@ async def client(a: argparse.Namespace) -> None:
     channel = grpc.aio.insecure_channel(a.target)
     mux = _GenerateStreamDriver(pb_grpc.WorkerStub(channel), pb)
 
-    async def one(i: int) -> dict[str, float]:
+    async def one(i: int, arrived: float) -> dict[str, float]:
         req = pb.GenerateRequest(request_id=request_id(a.vocab, i), model=MODEL_NAME,
                                  token_ids=prompt_ids(i, 64, a.vocab))
         req.stop.max_tokens = a.max_tokens
         req.stop.ignore_eos = True
-        marks = {"t0": time.monotonic()}
+        marks = {"t0": arrived}
         async for out in mux.generate(i, req):
             if out.token_ids and "first" not in marks:
                 marks["first"] = time.monotonic()
@@ -100,13 +103,15 @@ def request_id(vocab: int, i: int) -> str:
 
 async def closed_loop(one, warmup: int, requests: int, concurrency: int,  # type: ignore[no-untyped-def]
                       vocab: int) -> Marks:
-    """`concurrency` request loops over warm-up then measured requests; the measured ones' marks."""
+    """`concurrency` request loops over warm-up then measured requests; the measured ones' marks.
+    A request's clock ("t0") starts at its arrival (_loadgen.Arrivals), as in vllm_worker.py."""
     marks: Marks = {}
     ids = iter(range(warmup + requests))
+    arrivals = Arrivals(time.monotonic)
 
     async def loop() -> None:
         for i in ids:
-            m = await one(i)
+            m = await one(i, arrivals.now())
             if i >= warmup:
                 marks[request_id(vocab, i)] = m
 
@@ -127,8 +132,8 @@ async def inprocess(a: argparse.Namespace) -> None:
             cmd = json.loads(line)
             vocab = cmd["vocab"]
 
-            async def one(i: int, vocab: int = vocab) -> dict[str, float]:
-                marks = {"t0": time.monotonic()}
+            async def one(i: int, arrived: float, vocab: int = vocab) -> dict[str, float]:
+                marks = {"t0": arrived, "own": time.monotonic()}
                 async for out in llm.generate(tokens_input(prompt_ids(i, 64, vocab)), params,
                                               request_id(vocab, i)):
                     if out.outputs[0].token_ids and "first" not in marks:
