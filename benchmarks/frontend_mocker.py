@@ -47,6 +47,7 @@ from benchmarks._common import (  # noqa: E402
     track,
 )
 from tests.worker_process import WorkerProcess, free_port  # noqa: E402
+from dynamo.runtime.rpc.client import channel_target  # noqa: E402
 
 MODEL_NAME = "tiny"
 
@@ -161,7 +162,7 @@ async def run(a: argparse.Namespace) -> None:
                              f"{sum(cpu[1:]) / http.wall:>8.2f} {http.client_cores:>7.2f}")
                 w0 = workers[0]
                 assert w0.record is not None
-                raw, cpu = await run_loadgen(["grpc", "--target", w0.record.target, "--model", MODEL_NAME,
+                raw, cpu = await run_loadgen(["grpc", "--target", channel_target(w0.record), "--model", MODEL_NAME,
                                               *common], a.timeout, [w0.pid])
                 base = summarise("gRPC, 1 mocker alone (baseline)", concurrency, raw, cpu,
                                  expected_tokens=requests * a.max_tokens)

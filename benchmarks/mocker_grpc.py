@@ -39,6 +39,7 @@ from benchmarks._common import (  # noqa: E402
 )
 from dynamo.mocker.args import TimingModel  # noqa: E402
 from tests.worker_process import WorkerProcess  # noqa: E402
+from dynamo.runtime.rpc.client import channel_target  # noqa: E402
 
 MODEL_NAME = "tiny"
 
@@ -70,7 +71,7 @@ async def measure(w: WorkerProcess, speedup: float, concurrency: int, requests: 
         sampler = Sampler(w.pid, Path(tempfile.gettempdir()) / "mocker_grpc.pyspy.txt")
     profile_text = ""
     try:
-        raw, server_cpu = await run_loadgen(["grpc", "--target", w.record.target, "--model", MODEL_NAME,
+        raw, server_cpu = await run_loadgen(["grpc", "--target", channel_target(w.record), "--model", MODEL_NAME,
                                              *common], timeout, [w.pid])
     finally:
         if sampler is not None:

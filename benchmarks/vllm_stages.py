@@ -56,6 +56,7 @@ from benchmarks._vllm_common import (  # noqa: E402
     baseline_sampling,
     start_worker,
 )
+from dynamo.runtime.rpc.client import channel_target  # noqa: E402
 
 PROBE_DIR = Path(__file__).resolve().parent / "_stage_probe"
 #: (name, start mark, end mark) of the stages printed, in request order; "t0"/"first" are the client's
@@ -198,7 +199,7 @@ async def run(a: argparse.Namespace) -> None:
                 if isinstance(x, BaseException):
                     raise x
             assert w is not None and w.record is not None and child is not None
-            target = w.record.target
+            target = channel_target(w.record)
 
             async def on_worker(vocab: int, warmup: int, requests: int) -> Marks:
                 out = Path(d, f"client-{vocab}.json")

@@ -91,6 +91,7 @@ from benchmarks._vllm_common import (  # noqa: E402
     start_worker,
     wait_quiet,
 )
+from dynamo.runtime.rpc.client import channel_target  # noqa: E402
 
 
 #: where the aggregated engines' model (OpenMP) threads run: VLLM_CPU_OMP_THREADS_BIND of ENGINE_ENV["agg"]
@@ -297,21 +298,26 @@ async def run(a: argparse.Namespace) -> None:
                 if isinstance(x, BaseException):
                     raise x
             assert w is not None and w.record is not None and child is not None
-            print(f"worker and in-process engine ready in {time.monotonic() - t:.0f} s", flush=True)
-            gen = WorkerSetup("dynamo.vllm (Generate)", w.record.target, [w.pid], "unary", a.timeout,
+            print(f"worker and in-process engine ready in {time.monotonic() - t:.0f} s; the load generator "
+                  f"reaches the worker at {channel_target(w.record)}, as dynamo's own clients would", flush=True)
+            gen = WorkerSetup("dynamo.vllm (Generate)", channel_target(w.record), [w.pid], "unary", a.timeout,
                               others_pids=[child.pid])
-            stream = WorkerSetup("dynamo.vllm (GenerateStream)", w.record.target, [w.pid], "stream", a.timeout,
+            stream = WorkerSetup("dynamo.vllm (GenerateStream)", channel_target(w.record), [w.pid], "stream", a.timeout,
                                  prompt_offset=3 * a.repeat + 3, others_pids=[child.pid])
             if a.profile:
                 stream.profile_pid, profiled = w.pid, stream
             base = BaselineSetup(child, a.timeout, others_pids=[w.pid])
             setups = [gen, stream, base]
+            if a.tcp and channel_target(w.record) != w.record.target:
+                # what the worker's Unix socket buys (clients on other machines use TCP)
+                setups.insert(2, WorkerSetup("dynamo.vllm (GenerateStream TCP)", w.record.target, [w.pid], "stream",
+                                             a.timeout, prompt_offset=6 * a.repeat + 6, others_pids=[child.pid]))
             t = time.monotonic()
             for s in (base, gen):  # the stream setup runs on the worker's (then warm) engine
                 await s.run(warmup_phase(a), record=False)
             print(f"warm-up done in {time.monotonic() - t:.0f} s", flush=True)
             for k in range(a.repeat):
-                order = setups[k % 3:] + setups[:k % 3]  # no setup always measured first
+                order = setups[k % len(setups):] + setups[:k % len(setups)]  # no setup always measured first
                 for ph in phases:
                     for s in order:
                         await s.run(ph.repetition(k))
@@ -339,7 +345,7 @@ async def run(a: argparse.Namespace) -> None:
                 assert dw.record is not None
                 long = [p for p in phases if p.name == "long"][0]
                 local0 = dw.metric("dynamo_worker_prefills_total", location="local")
-                disagg = WorkerSetup("disagg: decode worker + prefill", dw.record.target, [pw.pid, dw.pid],
+                disagg = WorkerSetup("disagg: decode worker + prefill", channel_target(dw.record), [pw.pid, dw.pid],
                                      "unary", a.timeout)
                 for k in range(a.repeat):
                     await disagg.run(long.repetition(k))
@@ -493,6 +499,8 @@ def main() -> None:
     p.add_argument("--long-prompt", type=int, default=500, help="tokens in a long prompt")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--no-disagg", action="store_true", help="skip the prefill + decode run")
+    p.add_argument("--tcp", action="store_true",
+                   help="also GenerateStream over TCP (clients reach a worker on their machine by its Unix socket)")
     p.add_argument("--profile", action="store_true", help="sample the worker with py-spy during c=16")
     p.add_argument("--repeat", type=int, default=5, help="repetitions of every phase (figures are medians)")
     p.add_argument("--warmup-requests", type=int, default=128,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 
 from dynamo.runtime.config import RuntimeConfig, add_discovery_args

@@ -59,6 +59,10 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
                    help="address the gRPC server binds (env DYN_GRPC_HOST; default 0.0.0.0)")
     g.add_argument("--grpc-port", type=int, default=env_int("DYN_GRPC_PORT", 0),
                    help="gRPC port; 0 picks a free one (env DYN_GRPC_PORT)")
+    g.add_argument("--grpc-local-socket", default=env_default("DYN_GRPC_LOCAL_SOCKET", "auto"),
+                   help="also serve gRPC on a Unix socket, which clients on this machine use instead "
+                        "of TCP: auto (a fresh path in $XDG_RUNTIME_DIR or the temp dir), off, or a "
+                        "path (env DYN_GRPC_LOCAL_SOCKET; default auto)")
     g.add_argument("--advertise-host", default=env_default("DYN_ADVERTISE_HOST", None),
                    help="host other processes reach this one at (env DYN_ADVERTISE_HOST; default: "
                         "POD_IP in Kubernetes, else this host's address, else 127.0.0.1)")
@@ -78,6 +82,7 @@ class RuntimeConfig:
     discovery_ttl: float = 10.0
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 0
+    grpc_local_socket: str | None = "auto"
     advertise_host: str | None = None
     system_port: int | None = None
     drain_timeout: float = 30.0
@@ -95,6 +100,7 @@ class RuntimeConfig:
             discovery_ttl=float(get("discovery_ttl", 10.0)),  # type: ignore[arg-type]
             grpc_host=str(get("grpc_host", "0.0.0.0")),
             grpc_port=int(get("grpc_port", 0)),  # type: ignore[arg-type]
+            grpc_local_socket=get("grpc_local_socket", "auto"),  # type: ignore[arg-type]
             advertise_host=get("advertise_host", None),  # type: ignore[arg-type]
             system_port=get("system_port", None),  # type: ignore[arg-type]
             drain_timeout=float(get("drain_timeout", 30.0)),  # type: ignore[arg-type]

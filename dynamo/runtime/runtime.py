@@ -18,6 +18,7 @@ from dynamo.runtime.discovery import Discovery, open_discovery
 from dynamo.runtime.discovery.records import InstanceRecord
 from dynamo.runtime.identity import EndpointAddress, new_instance_id
 from dynamo.runtime.lifecycle import ShutdownSignal
+from dynamo.runtime.rpc import local_socket
 from dynamo.runtime.rpc.client import EndpointClient
 from dynamo.runtime.rpc.server import RpcServer, default_advertise_host
 from dynamo.runtime.system_server import SystemServer
@@ -32,7 +33,8 @@ class DistributedRuntime:
         self.discovery: Discovery = open_discovery(
             config.discovery_backend, discovery_dir=config.discovery_dir,
             etcd_endpoints=config.etcd_endpoints, ttl=config.discovery_ttl)
-        self.server = RpcServer(config.grpc_host, config.grpc_port)
+        self.server = RpcServer(config.grpc_host, config.grpc_port,
+                                local_socket.socket_path(config.grpc_local_socket))
         self.shutdown_signal = ShutdownSignal()
         self._records: list[InstanceRecord] = []
         self._clients: list[EndpointClient] = []
@@ -74,7 +76,9 @@ class DistributedRuntime:
             raise RuntimeError("start_server() before register()")
         rec = InstanceRecord(address.namespace, address.component, address.endpoint,
                              new_instance_id(), self.advertise_host(), self.server.port,
-                             metadata or {}, pid=os.getpid())
+                             metadata or {}, pid=os.getpid(),
+                             local_socket=str(self.server.local_socket or ""),
+                             host_id=local_socket.host_id() if self.server.local_socket else "")
         await self.discovery.put(rec.key, rec.to_json())
         self._records.append(rec)
         return rec

@@ -32,15 +32,18 @@ REPO = Path(__file__).resolve().parents[2]
 class EchoServer:
     """An in-process runtime serving /test.Echo/Count; records calls and cancellations."""
 
-    def __init__(self, discovery_dir: Path) -> None:
+    def __init__(self, discovery_dir: Path, local_socket: str = "auto") -> None:
         self.runtime = DistributedRuntime(RuntimeConfig(namespace=ECHO.namespace, discovery_dir=str(discovery_dir),
                                                         discovery_ttl=3, grpc_host="127.0.0.1",
-                                                        advertise_host="127.0.0.1"))
+                                                        advertise_host="127.0.0.1",
+                                                        grpc_local_socket=local_socket))
         self.calls = 0
+        self.peers: list[str] = []
         self.cancelled_at: float | None = None
 
         async def count(request: bytes, context: grpc.aio.ServicerContext) -> None:
             self.calls += 1
+            self.peers.append(context.peer())
             n, delay_ms = (int(x) for x in request.decode().split(","))
             try:
                 for i in range(n):
@@ -61,6 +64,7 @@ class EchoServer:
         await self.runtime.start_server()
         rec = await self.runtime.register(ECHO)
         self.instance_id = rec.instance_id
+        self.record = rec
         await self.runtime.set_ready()
         return self
 
@@ -296,3 +300,49 @@ async def test_server_reflection_lists_services(two_servers) -> None:  # type: i
         await call.done_writing()
     names = {s.name for s in resp.list_services_response.service}
     assert {"test.Echo", "grpc.health.v1.Health"} <= names
+
+
+# --- same-machine clients use the server's Unix socket ------------------------------------------
+
+@pytest.mark.parametrize("setting", ["auto", "off"])
+async def test_a_client_on_this_machine_uses_the_local_socket(tmp_path: Path, setting: str) -> None:
+    server = await EchoServer(tmp_path / "discovery", local_socket=setting).start()
+    caller = DistributedRuntime(RuntimeConfig(namespace=ECHO.namespace, discovery_dir=str(tmp_path / "discovery"),
+                                              discovery_ttl=3))
+    await caller.start()
+    try:
+        client = await caller.client(ECHO)
+        await client.wait_for_instances(5)
+        record = client.select()
+        msgs = [m async for m in stream(client, b"2,0", timeout=5)]
+        assert len(msgs) == 2
+        if setting == "off":
+            assert record.local_socket == "" and server.peers[0].startswith("ipv4:")
+            return
+        path = Path(record.local_socket)
+        assert path.is_socket() and record.host_id
+        assert server.peers[0].startswith("unix:"), server.peers  # not through TCP
+        # the TCP port serves as well (clients on other machines)
+        async with grpc.aio.insecure_channel(record.target) as ch:
+            got = [m async for m in ch.unary_stream(COUNT)(b"1,0", timeout=5)]
+        assert len(got) == 1 and server.peers[1].startswith("ipv4:")
+    finally:
+        await caller.shutdown()
+        await server.stop()
+    if setting == "auto":
+        assert not path.exists(), "the socket file outlived its server"
+
+
+async def test_a_path_taken_by_another_file_leaves_tcp_serving(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    taken = tmp_path / "taken.sock"
+    taken.write_text("not a socket")
+    with caplog.at_level(logging.WARNING):
+        server = await EchoServer(tmp_path / "discovery", local_socket=str(taken)).start()
+    try:
+        assert server.record.local_socket == ""
+        assert "not listening on local socket" in caplog.text and "not a socket" in caplog.text
+        async with grpc.aio.insecure_channel(server.record.target) as ch:
+            assert len([m async for m in ch.unary_stream(COUNT)(b"1,0", timeout=5)]) == 1
+    finally:
+        await server.stop()
+    assert taken.read_text() == "not a socket"  # left alone

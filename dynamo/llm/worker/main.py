@@ -111,7 +111,8 @@ async def _serve(engine: LLMEngine, config: WorkerConfig, source: ModelSource) -
         await runtime.set_ready()
         log.info("serving %s (%s, role %s) as %s instance %s at %s; discovery %s%s",
                  source.served_model_name, engine.name, config.role.value, config.address,
-                 record.instance_id, record.target, config.runtime.discovery_backend,
+                 record.instance_id, record.target + (f" and {record.local_socket}" if record.local_socket else ""),
+                 config.runtime.discovery_backend,
                  f"; system port {runtime.system_port}" if runtime.system_port is not None else "")
         await runtime.wait_for_shutdown()
         return 0

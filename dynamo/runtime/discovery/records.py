@@ -28,6 +28,10 @@ class InstanceRecord:
     port: int
     metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     pid: int = 0
+    # a Unix socket the same server listens on, and the id of the machine and mount namespace
+    # where that path means it (rpc/local_socket.py); empty when the server has none
+    local_socket: str = ""
+    host_id: str = ""
 
     @property
     def address(self) -> EndpointAddress:
@@ -48,6 +52,7 @@ class InstanceRecord:
             "namespace": self.namespace, "component": self.component, "endpoint": self.endpoint,
             "instance_id": self.instance_id, "host": self.host, "port": self.port, "pid": self.pid,
             "metadata": self.metadata,
+            **({"local_socket": self.local_socket, "host_id": self.host_id} if self.local_socket else {}),
         }).encode()
 
     @classmethod
@@ -65,6 +70,7 @@ class InstanceRecord:
                 endpoint=str(d["endpoint"]), instance_id=str(d["instance_id"]),
                 host=str(d["host"]), port=int(d["port"]), pid=int(d.get("pid", 0)),
                 metadata=dict(d.get("metadata") or {}),
+                local_socket=str(d.get("local_socket") or ""), host_id=str(d.get("host_id") or ""),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"missing or malformed field: {e}") from None

@@ -14,6 +14,7 @@ import grpc
 from dynamo.runtime.discovery.base import Discovery
 from dynamo.runtime.discovery.records import InstanceRecord, InstanceWatcher
 from dynamo.runtime.identity import EndpointAddress
+from dynamo.runtime.rpc import local_socket
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,14 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 Resp = TypeVar("Resp")
+
+
+def channel_target(record: InstanceRecord) -> str:
+    """Where to connect to an instance: its Unix socket when this process can reach it (same
+    machine and mount namespace, the socket in place), else its TCP `host:port`."""
+    if local_socket.reachable(record.local_socket, record.host_id):
+        return f"unix:{record.local_socket}"
+    return record.target
 
 
 class NoInstancesError(RuntimeError):
@@ -131,7 +140,7 @@ class EndpointClient:
     def channel(self, record: InstanceRecord) -> grpc.aio.Channel:
         ch = self._channels.get(record.instance_id)
         if ch is None:
-            ch = grpc.aio.insecure_channel(record.target, options=CHANNEL_OPTIONS)
+            ch = grpc.aio.insecure_channel(channel_target(record), options=CHANNEL_OPTIONS)
             self._channels[record.instance_id] = ch
         return ch
 

@@ -7,11 +7,14 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from dynamo.runtime.rpc import local_socket
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +56,12 @@ class RpcServer:
     finish for up to `grace` seconds.
     """
 
-    def __init__(self, host: str = "0.0.0.0", port: int = 0) -> None:
+    def __init__(self, host: str = "0.0.0.0", port: int = 0, local_socket_path: Path | None = None) -> None:
+        """`local_socket_path`: also listen on this Unix socket (rpc/local_socket.py)."""
         self._bind_host = host
         self._requested_port = port
+        self._local_socket_path = local_socket_path
+        self.local_socket: Path | None = None  # once listening there
         self.draining = False
         self._server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[_DrainGate(self)])
         self._health = health.aio.HealthServicer()
@@ -82,10 +88,25 @@ class RpcServer:
         port = self._server.add_insecure_port(f"{host}:{self._requested_port}")
         if port == 0:
             raise OSError(f"cannot bind gRPC server to {host}:{self._requested_port}")
+        self._listen_locally()
         await self._server.start()
         self.port = port
         await self.set_serving(False)
         return port
+
+    def _listen_locally(self) -> None:
+        path = self._local_socket_path
+        if path is None:
+            return
+        try:
+            local_socket.prepare(path)
+            if self._server.add_insecure_port(f"unix:{path}") == 0:
+                raise OSError("grpc could not bind it")
+        except (OSError, RuntimeError) as e:
+            # only a shortcut for clients on this machine: TCP still serves everyone
+            log.warning("gRPC server: not listening on local socket %s (%s); TCP only", path, e)
+            return
+        self.local_socket = path
 
     async def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -113,6 +134,8 @@ class RpcServer:
         """Close the port; calls still running after `grace` are cancelled."""
         self.draining = True
         await self._server.stop(grace)
+        if self.local_socket is not None:
+            local_socket.remove(self.local_socket)
 
     async def wait_idle(self, timeout: float) -> bool:
         try:
