@@ -344,7 +344,7 @@ async def run_inproc(a: argparse.Namespace) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=("grpc", "http", "inproc"))
-    p.add_argument("--target", help="grpc: worker HOST:PORT")
+    p.add_argument("--target", help="grpc: worker HOST:PORT, or unix:PATH (its local socket)")
     p.add_argument("--url", help="http: frontend base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--model", default="", help="served model name")
     p.add_argument("--model-dir", help="inproc: model directory (config.json)")
