@@ -3,7 +3,6 @@ on this machine and mount namespace and the socket is there; the record's JSON s
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -66,17 +65,18 @@ def test_prepare_replaces_a_stale_socket_and_refuses_other_files(listening: Path
     assert (tmp_path / "new").is_dir()
 
 
-def test_auto_sweeps_the_sockets_of_dead_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_sweeps_the_sockets_nothing_listens_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    socks = []
-    for name in ("dynamo-grpc-999999999-aa.sock", f"dynamo-grpc-{os.getpid()}-bb.sock"):
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(str(tmp_path / name))
-        socks.append(s)
+    dead, live = tmp_path / "dynamo-grpc-1-aa.sock", tmp_path / "dynamo-grpc-2-bb.sock"
+    other = tmp_path / "someone-else.sock"
+    socks = [socket.socket(socket.AF_UNIX) for _ in range(3)]
     try:
+        for s, path in zip(socks, (dead, live, other)):
+            s.bind(str(path))
+        socks[1].listen()  # a server's: it accepts
         local_socket.socket_path("auto")
-        assert not (tmp_path / "dynamo-grpc-999999999-aa.sock").exists()  # no such process
-        assert (tmp_path / f"dynamo-grpc-{os.getpid()}-bb.sock").exists()  # a live one's
+        assert not dead.exists()  # bound by a process that died before closing it: refused
+        assert live.exists() and other.exists()  # a live server's; not our naming
     finally:
         for s in socks:
             s.close()
