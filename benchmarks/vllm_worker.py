@@ -298,17 +298,18 @@ async def run(a: argparse.Namespace) -> None:
                 if isinstance(x, BaseException):
                     raise x
             assert w is not None and w.record is not None and child is not None
+            target = channel_target(w.record)
             print(f"worker and in-process engine ready in {time.monotonic() - t:.0f} s; the load generator "
-                  f"reaches the worker at {channel_target(w.record)}, as dynamo's own clients would", flush=True)
-            gen = WorkerSetup("dynamo.vllm (Generate)", channel_target(w.record), [w.pid], "unary", a.timeout,
+                  f"reaches the worker at {target}, as dynamo's own clients would", flush=True)
+            gen = WorkerSetup("dynamo.vllm (Generate)", target, [w.pid], "unary", a.timeout,
                               others_pids=[child.pid])
-            stream = WorkerSetup("dynamo.vllm (GenerateStream)", channel_target(w.record), [w.pid], "stream", a.timeout,
+            stream = WorkerSetup("dynamo.vllm (GenerateStream)", target, [w.pid], "stream", a.timeout,
                                  prompt_offset=3 * a.repeat + 3, others_pids=[child.pid])
             if a.profile:
                 stream.profile_pid, profiled = w.pid, stream
             base = BaselineSetup(child, a.timeout, others_pids=[w.pid])
             setups = [gen, stream, base]
-            if a.tcp and channel_target(w.record) != w.record.target:
+            if a.tcp and target != w.record.target:
                 # what the worker's Unix socket buys (clients on other machines use TCP)
                 setups.insert(2, WorkerSetup("dynamo.vllm (GenerateStream TCP)", w.record.target, [w.pid], "stream",
                                              a.timeout, prompt_offset=6 * a.repeat + 6, others_pids=[child.pid]))
