@@ -25,6 +25,9 @@ from dynamo.runtime.system_server import SystemServer
 
 log = logging.getLogger(__name__)
 
+#: after a drain, how long grpc may take to send the final status of calls whose work is done
+STATUS_FLUSH_S = 1.0
+
 
 class DistributedRuntime:
     def __init__(self, config: RuntimeConfig, *, registry: CollectorRegistry | None = None) -> None:
@@ -140,10 +143,16 @@ class DistributedRuntime:
             await client.close()
         if self.server.port is not None:
             log.info("draining %d in-flight call(s) for up to %.0f s", self.server.active_calls, grace)
-            if not await self.server.drain(grace):
+            drained = await self.server.drain(grace)
+            if not drained:
                 log.warning("%d call(s) still running after %.0f s; cancelling them",
                             self.server.active_calls, grace)
-            await self.server.stop(0)
+            # A handler leaves the tracked part before grpc has sent its final status: stopping
+            # with no grace would cancel those calls, and a client that got every message would
+            # still see UNAVAILABLE. grpc's own grace waits for exactly them (and for untracked
+            # calls, such as an idle GenerateStream, which it then cancels).
+            flush = min(STATUS_FLUSH_S, max(0.0, grace - (time.monotonic() - t0))) if drained else 0.0
+            await self.server.stop(flush)
         if before_stop is not None:
             result = before_stop()
             if asyncio.iscoroutine(result):

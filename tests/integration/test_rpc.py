@@ -288,6 +288,39 @@ async def test_sigterm_drains_in_flight_streams(tmp_path: Path) -> None:
         await rt.shutdown()
 
 
+async def test_drain_lets_finished_calls_send_their_status(tmp_path: Path) -> None:
+    """A handler leaves the tracked part before grpc sends its final status (here: it returns a
+    moment later). The drain must not cancel such a call: its client gets every message and OK."""
+    rt = DistributedRuntime(RuntimeConfig(namespace=ECHO.namespace, discovery_dir=str(tmp_path),
+                                          discovery_ttl=3, grpc_host="127.0.0.1", advertise_host="127.0.0.1",
+                                          grpc_local_socket="off"))
+    left_tracking = asyncio.Event()
+
+    async def count(request: bytes, context: grpc.aio.ServicerContext) -> None:
+        with rt.server.track():
+            for i in range(3):
+                await context.write(str(i).encode())
+        left_tracking.set()
+        await asyncio.sleep(0.3)  # the work after tracking (metrics, status) takes its time
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo", {"Count": grpc.unary_stream_rpc_method_handler(count)})
+    rt.add_service(lambda _s, server: server.add_generic_rpc_handlers((handler,)), None, "test.Echo")
+    await rt.start()
+    port = await rt.start_server()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_stream(COUNT)(b"", timeout=10)
+            await left_tracking.wait()
+            t0 = time.monotonic()
+            await rt.shutdown(grace=5)
+            assert time.monotonic() - t0 < 2  # the flush is bounded, not the whole grace
+            assert [m async for m in call] == [b"0", b"1", b"2"]
+            assert await call.code() == grpc.StatusCode.OK
+    finally:
+        await rt.shutdown()
+
+
 async def test_server_reflection_lists_services(two_servers) -> None:  # type: ignore[no-untyped-def]
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
