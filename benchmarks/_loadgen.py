@@ -37,6 +37,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dynamo.runtime.rpc import grpc_io  # noqa: E402
+
+grpc_io.apply_defaults()  # before grpc is imported: dynamo's clients' gRPC I/O settings apply here too
+
 
 @dataclass
 class Record:
