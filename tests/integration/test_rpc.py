@@ -126,7 +126,7 @@ async def test_cancel_mid_stream_reaches_server(two_servers) -> None:  # type: i
     while owner.cancelled_at is None and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
     assert owner.cancelled_at is not None, "server handler never saw the cancellation"
-    assert owner.cancelled_at - t0 < 0.2
+    assert owner.cancelled_at - t0 < 1.0  # the stream would run 10 s more: the cancel got through
 
 
 async def test_cancel_by_task_cancellation(two_servers) -> None:  # type: ignore[no-untyped-def]
@@ -147,7 +147,7 @@ async def test_cancel_by_task_cancellation(two_servers) -> None:  # type: ignore
     while all(s.cancelled_at is None for s in servers) and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
     cancelled = [s.cancelled_at for s in servers if s.cancelled_at is not None]
-    assert cancelled and cancelled[0] - t0 < 0.2
+    assert cancelled and cancelled[0] - t0 < 1.0  # the stream would run 10 s more
 
 
 async def test_unreachable_instance_names_it(tmp_path: Path) -> None:
