@@ -4,9 +4,9 @@ grpc 1.85 moves client and server sockets onto its EventEngine ("experiments" th
 default): every received message then crosses one more thread before the completion queue that
 grpc.aio polls, and each such thread wake-up is expensive on a virtual machine. With the
 `event_engine_client` and `event_engine_listener` experiments off, the completion-queue poller does
-the socket I/O itself (grpc's long-standing iomgr path). Measured here, same hardware, side by side:
-a unary round trip over a Unix socket 670 -> 550 us at p50; a streaming client 30% less CPU per
-message, and the worker's request plane 15-20% less (benchmarks/request_plane.py --grpc-io-ab).
+the socket I/O itself (grpc's long-standing iomgr path). Measured on our 2-core machines, side by
+side (benchmarks/grpc_io.py): a unary round trip over a Unix socket 552 -> 472 us at p50; a
+streaming client's CPU per message 27-35% lower; the server's at 16 streams 6-28% lower.
 
 Applied once, from `dynamo/__init__.py`, so every entrypoint (workers, frontend, mocker, tools that
 import dynamo before grpc) gets it. grpc reads the variable when it is imported: a process that
