@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import MutableMapping
 
 #: the experiments dynamo turns off unless GRPC_EXPERIMENTS is set
 DEFAULT_EXPERIMENTS = "-event_engine_client,-event_engine_listener"
 
 
-def apply_defaults(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> bool:
     """Set GRPC_EXPERIMENTS to dynamo's default unless it is set. True if it was set by this call.
     Too late (and so a no-op) once grpc's core is loaded."""
     if "GRPC_EXPERIMENTS" in environ or "grpc._cython.cygrpc" in sys.modules:
