@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,14 +31,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# Importing these imports dynamo, which applies its gRPC setting unless GRPC_EXPERIMENTS is set:
+# in the server and client processes, before they import grpc.
+from benchmarks._common import percentile  # noqa: E402
+from benchmarks._loadgen import cpu_seconds  # noqa: E402
+
 SETTINGS = {"dynamo": None, "grpc": ""}  # the GRPC_EXPERIMENTS each side starts with (None: unset)
 PACE_S = 0.003
 SERVICE = "bench.Io"
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 async def serve(path: str) -> None:
@@ -90,9 +89,8 @@ async def client(targets: dict[str, str], calls: int, messages: int) -> dict[str
                 t = time.perf_counter()
                 await echo(b"x" * 16)
                 rtts.append(time.perf_counter() - t)
-            rtts.sort()
-            out[f"{transport} unary RTT p50 (us)"] = rtts[len(rtts) // 2] * 1e6
-            out[f"{transport} unary RTT p90 (us)"] = rtts[len(rtts) * 9 // 10] * 1e6
+            out[f"{transport} unary RTT p50 (us)"] = percentile(rtts, 50) * 1e6
+            out[f"{transport} unary RTT p90 (us)"] = percentile(rtts, 90) * 1e6
 
             async def one(n: int) -> int:
                 return sum([1 async for _ in paced(str(n).encode())])
@@ -142,9 +140,6 @@ def main() -> None:
     p.add_argument("--client", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.serve or a.client:
-        if "GRPC_EXPERIMENTS" not in os.environ:
-            from dynamo.runtime.rpc import grpc_io
-            grpc_io.apply_defaults()
         import uvloop
         uvloop.install()  # as the worker and the frontend run
         if a.serve:
