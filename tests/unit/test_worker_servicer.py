@@ -220,3 +220,71 @@ async def test_stream_session_runs_every_item_of_a_message_and_rejects_bad_ones_
     messages = {e[0]: e[2] for e in ends if e[1] == invalid}
     assert "already in use" in messages[1] and "must carry" in messages[2]
     assert "without items" in caplog.text, "a message the server cannot read must not vanish silently"
+
+
+class _SlowBookkeepingServer:
+    """Emits a request's last output, then keeps its task busy (metrics, closing the engine
+    stream) until `release` is set; `after` is what it does next."""
+
+    def __init__(self, after: str = "return") -> None:
+        self.release = asyncio.Event()
+        self.after = after
+
+    async def serve_request(self, request, emit, client_cancelled=lambda: False):  # type: ignore[no-untyped-def]
+        await emit(GenerateOutput(token_ids=[7]))
+        await emit(GenerateOutput(token_ids=[8], finish_reason=FinishReason.LENGTH))
+        await self.release.wait()
+        if self.after == "emit":
+            await emit(GenerateOutput(token_ids=[9]))  # breaks the engine contract
+        if self.after == "fail":
+            return grpc.StatusCode.INTERNAL, "closing the engine stream failed"
+        return None
+
+
+async def _run_session(server: object) -> tuple[asyncio.Task[None], _GatedContext, asyncio.Event]:
+    from contextlib import nullcontext
+
+    client_open = asyncio.Event()
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield pb.StreamRequest(items=[pb.StreamRequestItem(stream_id=4, generate=_request())])
+        await client_open.wait()
+
+    ctx = _GatedContext()
+    ctx.gate.set()
+    session = asyncio.create_task(StreamSession(server, ctx, nullcontext).run(requests()))  # type: ignore[arg-type]
+    return session, ctx, client_open
+
+
+async def _items_when(ctx: _GatedContext, n: int) -> list[pb.StreamItem]:
+    async with asyncio.timeout(5):
+        while sum(len(b.items) for b in ctx.batches) < n:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.001)
+    return [i for b in ctx.batches for i in b.items]  # type: ignore[attr-defined]
+
+
+async def test_stream_session_sends_the_last_output_before_the_requests_bookkeeping() -> None:
+    server = _SlowBookkeepingServer()
+    session, ctx, client_open = await _run_session(server)
+    items = await _items_when(ctx, 2)  # while serve_request has not returned
+    assert [list(i.output.token_ids) for i in items] == [[7], [8]]
+    assert items[-1].done and items[-1].status_code == grpc.StatusCode.OK.value[0]
+    assert len(ctx.batches) == 1, "the last output travels with those produced beside it"
+    server.release.set()
+    client_open.set()
+    await asyncio.wait_for(session, 5)
+    assert sum(len(b.items) for b in ctx.batches) == 2, "no second end for the same stream id"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("after", ["emit", "fail"])
+async def test_stream_session_sends_nothing_after_a_requests_end(after: str,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    server = _SlowBookkeepingServer(after)
+    session, ctx, client_open = await _run_session(server)
+    await _items_when(ctx, 2)
+    server.release.set()
+    client_open.set()
+    await asyncio.wait_for(session, 5)
+    items = [i for b in ctx.batches for i in b.items]  # type: ignore[attr-defined]
+    assert [(list(i.output.token_ids), i.done, i.status_code) for i in items] == [([7], False, 0), ([8], True, 0)]
+    assert ("after its last one" if after == "emit" else "failed after its last output") in caplog.text

@@ -6,6 +6,8 @@ engine in one go rather than one gRPC read apart;
 its outputs go into one pending `StreamResponse`, which a single writer sends whenever the previous
 write has completed. Outputs that become ready together (one engine step of many requests) thus
 travel in one message, and a slow client gets bigger messages rather than more of them.
+A request's last output (the one with a finish reason) carries its end (`done`, status OK) and
+goes out before the request's own bookkeeping runs.
 """
 
 from __future__ import annotations
@@ -118,17 +120,37 @@ class StreamSession:
             self._end(sid, grpc.StatusCode.INVALID_ARGUMENT, "a StreamRequestItem must carry `generate` or `cancel`")
 
     async def _run_one(self, sid: int, request: pb.GenerateRequest) -> None:
+        ended = False
+
         async def emit(out: GenerateOutput) -> None:
-            codec.output_to_pb(out, self._add(sid).output)
+            nonlocal ended
+            if ended:  # an adapter that breaks the contract: nothing may follow the last output
+                log.warning("GenerateStream: stream %d produced an output after its last one; dropped", sid)
+                return
+            item = self._add(sid)
+            codec.output_to_pb(out, item.output)
+            if out.finish_reason is not None:
+                # The engine's last output (the engine contract): it ends the request for the
+                # client now, and this task lets the writer send it before its own bookkeeping
+                # (metrics, closing the engine stream). In a closed loop the client's next request
+                # waits for this message; at c=16 the bookkeeping of a whole wave would delay it.
+                item.done = True
+                item.status_code = grpc.StatusCode.OK.value[0]
+                ended = True
+                await asyncio.sleep(0)
 
         try:
             failure = await self._server.serve_request(request, emit)
         except asyncio.CancelledError:
-            self._end(sid, grpc.StatusCode.CANCELLED, "cancelled")
+            if not ended:
+                self._end(sid, grpc.StatusCode.CANCELLED, "cancelled")
             raise
         finally:
             self._tasks.pop(sid, None)
-        if failure is None:
+        if ended:
+            if failure is not None:  # too late to tell the client, which has its whole answer
+                log.warning("GenerateStream: stream %d failed after its last output: %s", sid, failure[1])
+        elif failure is None:
             self._end(sid, grpc.StatusCode.OK, "")
         else:
             self._end(sid, *failure)
