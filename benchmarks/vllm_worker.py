@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/vllm_worker.py [--requests-c1 16] [--requests-c16 128]
         [--max-tokens 128] [--requests-long 8] [--long-prompt 500] [--repeat 5] [--no-disagg] [--profile]
+        [--no-unary] [--no-control]
 
 Two engines run side by side, pinned to the same core (0), and take turns; only one is busy at a
 time (an idle vLLM engine uses ~0.01 core here), every engine on the conformance suite's CPU flags
@@ -15,7 +16,12 @@ time (an idle vLLM engine uses ~0.01 core here), every engine on the conformance
   '{\"enable_kv_cache_events\": false}'" to measure both sides without them), driven in a child
   process (this file with --inprocess) by the same request loop (_loadgen.drive) with the same
   prompt token ids and the sampling the worker sends vLLM (greedy, ignore_eos, DELTA outputs, no
-  detokenization).
+  detokenization);
+- the control (unless --no-control): the baseline measured a second time in each repetition, on other
+  prompts, like any other setup. The same engine and code against itself shows how far this machine
+  alone moves the figures from one phase to the next (on 2026-12-01 two back-to-back c=16 phases of
+  one worker differed by -24% to +9% in throughput and -4.5 to +5.9 ms in TTFT p50), so a worker
+  figure can be read against it.
 Everything else (the worker's and the baseline's own processes, their engine-core processes, the
 load generator) goes where the OS puts it (--front-cpus none, the default), or with --front-cpus
 auto on the other cores, on both sides alike (vLLM's model threads bind themselves to
@@ -94,6 +100,7 @@ from benchmarks._vllm_common import (  # noqa: E402
 from dynamo.runtime.rpc.client import channel_target  # noqa: E402
 
 
+CONTROL_LABEL = "AsyncLLM in-process (control)"
 #: where the aggregated engines' model (OpenMP) threads run: VLLM_CPU_OMP_THREADS_BIND of ENGINE_ENV["agg"]
 MODEL_CPU = int(ENGINE_ENV["agg"]["VLLM_CPU_OMP_THREADS_BIND"])
 # vLLM logs (and resets) its NIXL transfer stats every VLLM_LOG_STATS_INTERVAL s, at DEBUG level when
@@ -253,13 +260,17 @@ class WorkerSetup(Setup):
 
 
 class BaselineSetup(Setup):
-    """`others_pids`: our processes idle meanwhile (the worker)."""
+    """`others_pids`: our processes idle meanwhile (the worker). The control is the same child
+    measured a second time, on other prompts (`prompt_offset`: no prefix-cache hits on the baseline's)."""
 
-    def __init__(self, child: JsonChild, timeout: float, others_pids: list[int]) -> None:
-        super().__init__("AsyncLLM in-process (baseline)")
+    def __init__(self, child: JsonChild, timeout: float, others_pids: list[int],
+                 label: str = "AsyncLLM in-process (baseline)", prompt_offset: int = 0) -> None:
+        super().__init__(label)
         self.child, self.timeout, self.others_pids = child, timeout, others_pids
+        self.prompt_offset = prompt_offset
 
     async def measure(self, ph: Phase) -> Measured:
+        ph = dataclasses.replace(ph, vocab=ph.vocab - self.prompt_offset)
         window = CpuWindow([self.child.pid, *self.others_pids])
         raw = await self.child.ask(dataclasses.asdict(ph), self.timeout)
         res = summarise(self.label, ph.concurrency, raw, [raw["tree_cpu"]],
@@ -308,13 +319,18 @@ async def run(a: argparse.Namespace) -> None:
             if a.profile:
                 stream.profile_pid, profiled = w.pid, stream
             base = BaselineSetup(child, a.timeout, others_pids=[w.pid])
-            setups = [gen, stream, base]
+            setups = [gen, stream] if a.unary else [stream]
             if a.tcp and target != w.record.target:
                 # what the worker's Unix socket buys (clients on other machines use TCP)
-                setups.insert(2, WorkerSetup("dynamo.vllm (GenerateStream TCP)", w.record.target, [w.pid], "stream",
-                                             a.timeout, prompt_offset=6 * a.repeat + 6, others_pids=[child.pid]))
+                setups.append(WorkerSetup("dynamo.vllm (GenerateStream TCP)", w.record.target, [w.pid], "stream",
+                                          a.timeout, prompt_offset=6 * a.repeat + 6, others_pids=[child.pid]))
+            if a.control:
+                # the noise floor: the baseline against itself, measured like every other setup
+                setups.append(BaselineSetup(child, a.timeout, others_pids=[w.pid], label=CONTROL_LABEL,
+                                            prompt_offset=9 * a.repeat + 9))
+            setups.append(base)
             t = time.monotonic()
-            for s in (base, gen):  # the stream setup runs on the worker's (then warm) engine
+            for s in (base, setups[0]):  # the other worker setups run on the (then warm) same engine
                 await s.run(warmup_phase(a), record=False)
             print(f"warm-up done in {time.monotonic() - t:.0f} s", flush=True)
             for k in range(a.repeat):
@@ -442,16 +458,23 @@ def report(a: argparse.Namespace, model: Path, phases: list[Phase], setups: list
     print(f"\nGoals: throughput ratio >= 0.95; TTFT p50 overhead <= 2 ms. Per repetition, against the baseline "
           f"measured next to it; median [min .. max] over {a.repeat} repetitions:")
     for s in workers:
+        control = s.label == CONTROL_LABEL
         for name in [ph.name for ph in phases if ph.name != "long"]:
             pairs = list(zip(s.results[name], base.results[name]))
             ratios = [w.result.tok_s / b.result.tok_s for w, b in pairs]
             overs = [(w.result.ttft_p50 - b.result.ttft_p50) * 1e3 for w, b in pairs]
             itl_over = [(w.result.itl_mean - b.result.itl_mean) * 1e3 for w, b in pairs]
             ratio, over = statistics.median(ratios), statistics.median(overs)
+            verdicts = ("", "") if control else (" ok" if ratio >= 0.95 else " MISSED",
+                                                 " ok" if over <= 2 else " MISSED")
             print(f"  {s.label.split('(')[-1].rstrip(')'):>14} {name:>4}: "
-                  f"ratio {ratio:.3f} [{spread(ratios, '.2f')}] {'ok' if ratio >= 0.95 else 'MISSED'}   "
-                  f"TTFT p50 overhead {over:+.2f} ms [{spread(overs, '+.1f')}] {'ok' if over <= 2 else 'MISSED'}   "
+                  f"ratio {ratio:.3f} [{spread(ratios, '.2f')}]{verdicts[0]}   "
+                  f"TTFT p50 overhead {over:+.2f} ms [{spread(overs, '+.1f')}]{verdicts[1]}   "
                   f"ITL overhead {statistics.median(itl_over):+.2f} ms")
+    if any(s.label == CONTROL_LABEL for s in workers):
+        print("control: the baseline measured twice per repetition, so the same engine and code against "
+              "itself: how far this machine moves the figures between two phases (no goal applies; "
+              "a worker figure inside its range is not told apart from no overhead by this run)")
     print("TTFT counts from a request's arrival: for the in-process baseline, the event-loop turn that "
           "delivered the completion freeing its user (benchmarks/_loadgen.Arrivals); its requests then "
           "waited p50 " + ", ".join(
@@ -461,7 +484,7 @@ def report(a: argparse.Namespace, model: Path, phases: list[Phase], setups: list
     long = next((p for p in phases if p.name == "long"), None)
     if long is None:
         return
-    agg = median_measured(workers[0].results["long"]).result
+    agg = median_measured(workers[0].results["long"]).result  # the first worker setup
     print(f"\n~{long.prompt_len}-token prompts, c=1: TTFT p50 aggregated worker {agg.ttft_p50 * 1e3:.1f} ms "
           f"(in-process {median_measured(base.results['long']).result.ttft_p50 * 1e3:.1f} ms)", end="")
     if disagg is not None and "long" in disagg.results:
@@ -500,6 +523,10 @@ def main() -> None:
     p.add_argument("--long-prompt", type=int, default=500, help="tokens in a long prompt")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--no-disagg", action="store_true", help="skip the prefill + decode run")
+    p.add_argument("--no-unary", dest="unary", action="store_false",
+                   help="skip the Generate setup (one call per request; the frontend uses GenerateStream)")
+    p.add_argument("--no-control", dest="control", action="store_false",
+                   help="skip the control (the baseline measured a second time per repetition)")
     p.add_argument("--tcp", action="store_true",
                    help="also GenerateStream over TCP (clients reach a worker on their machine by its Unix socket)")
     p.add_argument("--profile", action="store_true", help="sample the worker with py-spy during c=16")
@@ -507,7 +534,7 @@ def main() -> None:
     p.add_argument("--warmup-requests", type=int, default=128,
                    help="c=16 requests every engine serves before anything is measured")
     p.add_argument("--timeout", type=float, default=120.0, help="limit per phase, seconds")
-    p.add_argument("--time-limit", type=float, default=900.0, help="limit for the whole run, seconds")
+    p.add_argument("--time-limit", type=float, default=1800.0, help="limit for the whole run, seconds")
     p.add_argument("--engine-flags", default="", help="extra vLLM flags for every engine, e.g. "
                    "'--distributed-executor-backend uni'")
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average below this")
