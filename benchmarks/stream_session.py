@@ -12,8 +12,9 @@ it measures the time from the step being released to the write that carries it:
   client's next requests wait for this message, so every microsecond here is TTFT of the next wave.
 The figure to read is last / middle: work that a request does when it ends (metrics, closing the
 engine stream) belongs after the write, so the last step should cost about what a middle one does.
-Measured on 2026-12-01 (16 requests, 8 steps, median of 250 waves): before the session sent the last
-output ahead of that work, the last step took 236-293 µs; after, 107-150 µs.
+Measured on 2026-12-01 (defaults: 16 requests, 8 steps, p50 over 250 waves, uvloop): a middle step
+57 µs; the last step 102 µs (1.78x). The code before the session sent a last output ahead of that
+work (commit 0cfccca's parent), the same day: middle 58 µs, last 212 µs (3.67x).
 """
 
 from __future__ import annotations
