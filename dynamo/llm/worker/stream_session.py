@@ -127,15 +127,14 @@ class StreamSession:
             if ended:  # an adapter that breaks the contract: nothing may follow the last output
                 log.warning("GenerateStream: stream %d produced an output after its last one; dropped", sid)
                 return
-            item = self._add(sid)
-            codec.output_to_pb(out, item.output)
+            codec.output_to_pb(out, self._add(sid).output)
             if out.finish_reason is not None:
                 # The engine's last output (the engine contract): it ends the request for the
-                # client now, and this task lets the writer send it before its own bookkeeping
-                # (metrics, closing the engine stream). In a closed loop the client's next request
-                # waits for this message; at c=16 the bookkeeping of a whole wave would delay it.
-                item.done = True
-                item.status_code = grpc.StatusCode.OK.value[0]
+                # client now (_end marks this very item), and this task lets the writer send it
+                # before its own bookkeeping (metrics, closing the engine stream). In a closed loop
+                # the client's next request waits for this message; at c=16 the bookkeeping of a
+                # whole wave would delay it.
+                self._end(sid, grpc.StatusCode.OK, "")
                 ended = True
                 await asyncio.sleep(0)
 
