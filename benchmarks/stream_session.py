@@ -152,6 +152,8 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--waves", type=int, default=300)
     args = p.parse_args()
+    if args.steps < 3 or args.requests < 1 or args.waves < 6:
+        p.error("needs --steps >= 3 (a middle step besides the first and the last), --requests >= 1, --waves >= 6")
     try:
         import uvloop  # as the worker runs
         uvloop.install()

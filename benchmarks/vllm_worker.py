@@ -484,8 +484,8 @@ def report(a: argparse.Namespace, model: Path, phases: list[Phase], setups: list
         is_control = s is ctrl
         for name in [ph.name for ph in phases if ph.name != "long"]:
             # the control is compared with the baseline alone: the machine's spread between two phases
-            refs = [reference(b, None if is_control or ctrl is None else c)
-                    for b, c in zip(base.results[name], (ctrl or base).results[name])]
+            controls = ctrl.results[name] if ctrl is not None and not is_control else [None] * a.repeat
+            refs = [reference(b, c) for b, c in zip(base.results[name], controls)]
             mine = [m.result for m in s.results[name]]
             ratios = [w.tok_s / r.tok_s for w, r in zip(mine, refs)]
             overs = [(w.ttft_p50 - r.ttft_p50) * 1e3 for w, r in zip(mine, refs)]
