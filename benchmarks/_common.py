@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-LOADGEN = Path(__file__).resolve().parent / "_loadgen.py"
+LOADGEN = "benchmarks._loadgen"  # run as python -m, from the repository root
 TINY_MODEL = Path("/tmp/dynamo-bench-tiny")
 
 _started: list[int] = []  # process-group leaders to kill on exit, whatever happens
@@ -132,13 +132,13 @@ def process_cpu(pids: list[int]) -> float:
 
 
 async def run_loadgen(args: list[str], timeout: float, server_pids: Sequence[int] = ()) -> tuple[dict, list[float]]:
-    """Run `_loadgen.py ARGS` to completion; return its JSON and each server's CPU seconds over the
+    """Run `python -m benchmarks._loadgen ARGS` to completion; return its JSON and each server's CPU seconds over the
     measured phase (one value per pid in `server_pids`, children included)."""
     fd, out_path = tempfile.mkstemp(prefix="bench-loadgen-", suffix=".json")
     os.close(fd)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(LOADGEN), *args, "--out", out_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, process_group=0)
+        sys.executable, "-m", LOADGEN, *args, "--out", out_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, process_group=0)
     track(proc.pid)
     assert proc.stdout is not None and proc.stderr is not None
     stderr = asyncio.ensure_future(proc.stderr.read())

@@ -1,8 +1,8 @@
 """Load generators for the benchmarks, run as their own process so they get their own core.
 
-    python benchmarks/_loadgen.py grpc   --target HOST:PORT --model NAME ...
-    python benchmarks/_loadgen.py http   --url http://HOST:PORT --model NAME ...
-    python benchmarks/_loadgen.py inproc --model-dir DIR --speedup-ratio R ...
+    python -m benchmarks._loadgen grpc   --target HOST:PORT --model NAME ...
+    python -m benchmarks._loadgen http   --url http://HOST:PORT --model NAME ...
+    python -m benchmarks._loadgen inproc --model-dir DIR --speedup-ratio R ...
 
 Each mode runs `--warmup` unrecorded requests, then `--requests` requests with at most
 `--concurrency` in flight (each of `--max-tokens` output tokens, ignore_eos), and writes ONE JSON
@@ -29,15 +29,12 @@ import json
 import resource
 import sys
 import time
-from typing import Any
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dynamo.runtime.rpc import grpc_io  # noqa: E402
+from dynamo.runtime.rpc import grpc_io
 
 grpc_io.apply_defaults()  # before grpc is imported: dynamo's clients' gRPC I/O settings apply here too
 
@@ -273,9 +270,9 @@ class HttpConnection:
 
 
 async def run_http(a: argparse.Namespace) -> dict:
-    import orjson
-
     from urllib.parse import urlsplit
+
+    import orjson
     u = urlsplit(a.url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     pool: list[HttpConnection] = [HttpConnection(host, port) for _ in range(a.concurrency)]

@@ -21,8 +21,8 @@ from typing import Any
 import psutil
 
 from benchmarks._common import REPO, process_cpu, track
-from tests.conformance.backends import VLLM
-from tests.worker_process import WorkerProcess
+from tests.support.backends import VLLM
+from tests.support.processes import WorkerProcess
 
 MODEL_NAME = "tiny"
 RESULT = "@@dynamo-bench-answer@@"  # what a JsonChild prints once its answer is written

@@ -1,6 +1,6 @@
 """Output tokens/s through the whole serving path: HTTP frontend -> gRPC -> mocker worker(s).
 
-    .venv/bin/python benchmarks/frontend_mocker.py [--workers 1] [--requests 256] [--requests-c1 32]
+    .venv/bin/python -m benchmarks.frontend_mocker [--workers 1] [--requests 256] [--requests-c1 32]
                                                   [--max-tokens 128] [--profile]
 
 Starts `python -m dynamo.frontend` and --workers `python -m dynamo.mocker --speedup-ratio 1000`
@@ -21,22 +21,11 @@ its top functions (self and inclusive) are printed.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     HEADER,
     LEGEND,
     ensure_tiny_model,
@@ -46,64 +35,16 @@ from benchmarks._common import (  # noqa: E402
     summarise,
     track,
 )
-from tests.worker_process import WorkerProcess, free_port  # noqa: E402
-from dynamo.runtime.rpc.client import channel_target  # noqa: E402
+from dynamo.runtime.rpc.client import channel_target
+from tests.support.processes import FrontendProcess, WorkerProcess
 
 MODEL_NAME = "tiny"
 
 
-class Frontend:
-    """`python -m dynamo.frontend` on a free port, in its own process group."""
-
-    def __init__(self, discovery: Path, namespace: str) -> None:
-        self.port = free_port()
-        self.log_path = Path(tempfile.mkstemp(prefix="bench-frontend-", suffix=".log")[1])
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(self.port),
-             "--namespace", namespace, "--discovery-backend", "file", "--discovery-dir", str(discovery),
-             "--log-level", "warning"],
-            stdout=self._log, stderr=subprocess.STDOUT, process_group=0,
-            env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-        track(self.proc.pid)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except (urllib.error.URLError, OSError):  # not up yet, or too busy to answer in time
-            return 0, ""
-
-    async def wait_ready(self, model: str, timeout: float) -> None:
-        """Until /v1/models lists `model` and /health says its tokenizer is loaded."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"frontend exited with {self.proc.returncode}:\n"
-                                   f"{self.log_path.read_text()[-3000:]}")
-            status, body = await asyncio.to_thread(self._get, "/health")
-            if status == 200 and model in json.loads(body).get("ready", []):
-                return
-            await asyncio.sleep(0.2)
-        raise TimeoutError(f"frontend did not serve {model!r} within {timeout} s:\n"
-                           f"{self.log_path.read_text()[-3000:]}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
-        self.log_path.unlink(missing_ok=True)
+def start_frontend(discovery: Path, namespace: str) -> FrontendProcess:
+    fe = FrontendProcess(discovery, "--log-level", "warning", namespace=namespace)
+    track(fe.proc.pid)
+    return fe
 
 
 async def start_workers(n: int, discovery: Path, speedup: float) -> list[WorkerProcess]:
@@ -134,11 +75,11 @@ async def run(a: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-frontend-mocker-") as d:
         discovery = Path(d)
         workers: list[WorkerProcess] = []
-        frontend: Frontend | None = None
+        frontend: FrontendProcess | None = None
         try:
             workers = await start_workers(a.workers, discovery, a.speedup)
-            frontend = Frontend(discovery, "bench")
-            await frontend.wait_ready(MODEL_NAME, 90)
+            frontend = start_frontend(discovery, "bench")
+            await frontend.wait_models({MODEL_NAME}, 90)
             pids = [frontend.proc.pid] + [w.pid for w in workers]
             for concurrency, requests in ((64, a.requests), (1, a.requests_c1)):
                 common = ["--concurrency", str(concurrency), "--requests", str(requests),

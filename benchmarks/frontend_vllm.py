@@ -1,6 +1,6 @@
 """Our serving path (HTTP frontend -> gRPC -> dynamo.vllm worker) vs vLLM's own OpenAI server.
 
-    .venv/bin/python benchmarks/frontend_vllm.py [--requests-c1 16] [--requests-c16 64]
+    .venv/bin/python -m benchmarks.frontend_vllm [--requests-c1 16] [--requests-c16 64]
                                                 [--max-tokens 128] [--repeat 4] [--profile]
 
 Side by side, on the same engine settings (the conformance suite's CPU flags: fp32, eager,
@@ -41,10 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     HEADER,
     LEGEND,
     Result,
@@ -55,7 +52,7 @@ from benchmarks._common import (  # noqa: E402
     summarise,
     track,
 )
-from benchmarks._vllm_common import (  # noqa: E402
+from benchmarks._vllm_common import (
     ENGINE_ENV,
     EXTRA_FLAGS_ENV,
     MODEL_NAME,
@@ -65,8 +62,9 @@ from benchmarks._vllm_common import (  # noqa: E402
     start_worker,
     wait_quiet,
 )
-from benchmarks.frontend_mocker import Frontend  # noqa: E402
-from tests.worker_process import free_port  # noqa: E402
+from benchmarks.frontend_mocker import start_frontend
+from tests.support.ports import free_port
+from tests.support.processes import FrontendProcess
 
 
 class VllmServer:
@@ -155,11 +153,11 @@ async def run(a: argparse.Namespace) -> None:
         t = time.monotonic()
         server = VllmServer(model)
         worker = None
-        frontend: Frontend | None = None
+        frontend: FrontendProcess | None = None
         try:
             worker = await start_worker(Path(d), model, "agg", "vllm-agg")
-            frontend = Frontend(Path(d), "bench")
-            await frontend.wait_ready(MODEL_NAME, 90)
+            frontend = start_frontend(Path(d), "bench")
+            await frontend.wait_models({MODEL_NAME}, 90)
             await server.wait_ready(240)
             print(f"frontend + worker and vLLM's server ready in {time.monotonic() - t:.0f} s", flush=True)
             ours_pids = [frontend.proc.pid, worker.pid]

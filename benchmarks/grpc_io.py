@@ -1,6 +1,6 @@
 """What dynamo's gRPC I/O settings (dynamo/runtime/rpc/grpc_io.py) change, against grpc's own defaults.
 
-    .venv/bin/python benchmarks/grpc_io.py [--repeat 6] [--calls 2000] [--messages 600]
+    .venv/bin/python -m benchmarks.grpc_io [--repeat 6] [--calls 2000] [--messages 600]
 
 Both settings run the same pair of processes: a grpc.aio server (dynamo's server options, uvloop)
 and a client (dynamo's channel options, uvloop), each started with the setting in its environment
@@ -28,13 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 # Importing these imports dynamo, which applies its gRPC setting unless GRPC_EXPERIMENTS is set:
 # in the server and client processes, before they import grpc.
-from benchmarks._common import percentile  # noqa: E402
-from benchmarks._loadgen import cpu_seconds  # noqa: E402
+from benchmarks._common import REPO, percentile
+from benchmarks._loadgen import cpu_seconds
 
 SETTINGS = {"dynamo": None, "grpc": ""}  # the GRPC_EXPERIMENTS each side starts with (None: unset)
 PACE_S = 0.003

@@ -1,6 +1,6 @@
 """Output tokens/s of one mocker worker through its gRPC Generate, vs the same engine in-process.
 
-    .venv/bin/python benchmarks/mocker_grpc.py [--requests 256] [--requests-c1 32] [--max-tokens 128]
+    .venv/bin/python -m benchmarks.mocker_grpc [--requests 256] [--requests-c1 32] [--max-tokens 128]
                                               [--slow-requests 64] [--skip-slow] [--profile]
 
 Starts `python -m dynamo.mocker --model TINY --speedup-ratio 1000` (file discovery, uvloop) and
@@ -18,15 +18,11 @@ by the client and by the worker, and the ratio to the in-process baseline.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     HEADER,
     LEGEND,
     Result,
@@ -37,9 +33,9 @@ from benchmarks._common import (  # noqa: E402
     summarise,
     track,
 )
-from dynamo.mocker.args import TimingModel  # noqa: E402
-from tests.worker_process import WorkerProcess  # noqa: E402
-from dynamo.runtime.rpc.client import channel_target  # noqa: E402
+from dynamo.mocker.args import TimingModel
+from dynamo.runtime.rpc.client import channel_target
+from tests.support.processes import WorkerProcess
 
 MODEL_NAME = "tiny"
 

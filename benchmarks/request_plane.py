@@ -1,6 +1,6 @@
 """Request-plane throughput: tokens streamed through dynamo.runtime's gRPC plane vs in-process.
 
-    .venv/bin/python benchmarks/request_plane.py [--tokens 4096] [--seconds-limit 60]
+    .venv/bin/python -m benchmarks.request_plane [--tokens 4096] [--seconds-limit 60]
 
 A server process (this file with --serve) registers an endpoint whose handler streams
 GenerateResponse messages (1 or 8 token ids each) with `context.write`; the client discovers it and
@@ -19,17 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import grpc
 
-import grpc  # noqa: E402
-
-from dynamo.llm.proto import worker_pb2 as pb  # noqa: E402
-from dynamo.runtime.config import RuntimeConfig  # noqa: E402
-from dynamo.runtime.identity import EndpointAddress  # noqa: E402
-from dynamo.runtime.runtime import DistributedRuntime  # noqa: E402
+from benchmarks._common import REPO
+from dynamo.llm.proto import worker_pb2 as pb
+from dynamo.runtime.config import RuntimeConfig
+from dynamo.runtime.identity import EndpointAddress
+from dynamo.runtime.runtime import DistributedRuntime
 
 ADDRESS = EndpointAddress("bench", "stream", "tokens")
 METHOD = "/bench.Stream/Tokens"

@@ -1,6 +1,6 @@
 """How long the worker's GenerateStream session takes from an engine step to the write carrying it.
 
-    .venv/bin/python benchmarks/stream_session.py [--requests 16] [--steps 8] [--waves 300]
+    .venv/bin/python -m benchmarks.stream_session [--requests 16] [--steps 8] [--waves 300]
 
 No engine, no network: the worker's real request path (`WorkerServicer.serve_request`, metrics
 included) and `StreamSession`, over an engine double that gives every request one output per step,
@@ -22,21 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from prometheus_client import CollectorRegistry
 
-from prometheus_client import CollectorRegistry  # noqa: E402
-
-from benchmarks._common import percentile  # noqa: E402
-from dynamo.llm import codec  # noqa: E402
-from dynamo.llm.model_card import ModelCard  # noqa: E402
-from dynamo.llm.proto import worker_pb2 as pb  # noqa: E402
-from dynamo.llm.protocol import (  # noqa: E402
+from benchmarks._common import percentile
+from dynamo.llm import codec
+from dynamo.llm.model_card import ModelCard
+from dynamo.llm.proto import worker_pb2 as pb
+from dynamo.llm.protocol import (
     EngineInfo,
     FinishReason,
     GenerateOutput,
@@ -44,10 +39,10 @@ from dynamo.llm.protocol import (  # noqa: E402
     StopConditions,
     Usage,
 )
-from dynamo.llm.worker.metrics import WorkerMetrics  # noqa: E402
-from dynamo.llm.worker.servicer import WorkerServicer  # noqa: E402
-from dynamo.llm.worker.stream_session import StreamSession  # noqa: E402
-from dynamo.runtime.rpc.server import RpcServer  # noqa: E402
+from dynamo.llm.worker.metrics import WorkerMetrics
+from dynamo.llm.worker.servicer import WorkerServicer
+from dynamo.llm.worker.stream_session import StreamSession
+from dynamo.runtime.rpc.server import RpcServer
 
 
 class SteppedEngine:

@@ -1,6 +1,6 @@
 """Where the time to first token goes: `dynamo.vllm` through GenerateStream vs AsyncLLM in-process.
 
-    .venv/bin/python benchmarks/vllm_stages.py [--requests 32] [--rounds 4] [--warmup 32] [--concurrency 1]
+    .venv/bin/python -m benchmarks.vllm_stages [--requests 32] [--rounds 4] [--warmup 32] [--concurrency 1]
 
 vllm_worker.py says how much TTFT the worker adds; this says where. As there, a worker and an
 in-process AsyncLLM (a child process; same engine flags) run side by side with their model threads
@@ -42,12 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks._common import ensure_tiny_model, percentile, run_main, track  # noqa: E402
-from benchmarks._loadgen import Arrivals, prompt_ids  # noqa: E402
-from benchmarks._vllm_common import (  # noqa: E402
+from benchmarks._common import REPO, ensure_tiny_model, percentile, run_main, track
+from benchmarks._loadgen import Arrivals, prompt_ids
+from benchmarks._vllm_common import (
     ENGINE_ENV,
     MODEL_NAME,
     JsonChild,
@@ -56,7 +53,7 @@ from benchmarks._vllm_common import (  # noqa: E402
     baseline_sampling,
     start_worker,
 )
-from dynamo.runtime.rpc.client import channel_target  # noqa: E402
+from dynamo.runtime.rpc.client import channel_target
 
 PROBE_DIR = Path(__file__).resolve().parent / "_stage_probe"
 #: (name, start mark, end mark) of the stages printed, in request order; "t0"/"first" are the client's

@@ -1,6 +1,6 @@
 """What the `python -m dynamo.vllm` worker costs over vLLM's AsyncLLM driven directly.
 
-    .venv/bin/python benchmarks/vllm_worker.py [--requests-c1 16] [--requests-c16 128]
+    .venv/bin/python -m benchmarks.vllm_worker [--requests-c1 16] [--requests-c16 128]
         [--max-tokens 128] [--requests-long 8] [--long-prompt 500] [--repeat 5] [--no-disagg] [--profile]
         [--no-unary] [--no-control]
 
@@ -69,10 +69,7 @@ from typing import Any
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     HEADER,
     LEGEND,
     Result,
@@ -83,7 +80,7 @@ from benchmarks._common import (  # noqa: E402
     run_loadgen,
     summarise,
 )
-from benchmarks._vllm_common import (  # noqa: E402
+from benchmarks._vllm_common import (
     ENGINE_ENV,
     EXTRA_FLAGS_ENV,
     MODEL_NAME,
@@ -97,8 +94,7 @@ from benchmarks._vllm_common import (  # noqa: E402
     start_worker,
     wait_quiet,
 )
-from dynamo.runtime.rpc.client import channel_target  # noqa: E402
-
+from dynamo.runtime.rpc.client import channel_target
 
 CONTROL_LABEL = "AsyncLLM in-process (control)"
 #: where the aggregated engines' model (OpenMP) threads run: VLLM_CPU_OMP_THREADS_BIND of ENGINE_ENV["agg"]

@@ -6,18 +6,19 @@ import asyncio
 import logging
 import sys
 
+from dynamo.runtime.config import setup_logging
+
 from .args import FrontendConfig, parse_args
 
 log = logging.getLogger("dynamo.frontend")
 
 
 async def serve(config: FrontendConfig) -> None:
-    from dynamo.llm.worker_client import create_serving_backend  # the gRPC side; heavy imports
+    from dynamo.runtime.gc_heap import freeze_startup_heap
 
     from .app import create_app
     from .server import GracefulServer, uvicorn_config
-
-    from dynamo.runtime.gc_heap import freeze_startup_heap
+    from .worker_backend import create_serving_backend  # the gRPC side; heavy imports
 
     backend = await create_serving_backend(config)
     try:
@@ -27,7 +28,7 @@ async def serve(config: FrontendConfig) -> None:
                                                config.log_level))
         log.info("frontend listening on http://%s:%d, serving namespace %r (discovery: %s, "
                  "router: %s, migration limit %d%s)", config.http_host, config.http_port,
-                 config.namespace, config.discovery_backend, config.router_mode,
+                 config.namespace, config.discovery.backend, config.router_mode,
                  config.migration_limit, ", API key required" if config.api_key else "")
         await server.serve()  # returns after SIGINT/SIGTERM, once open requests have drained
     finally:
@@ -36,8 +37,7 @@ async def serve(config: FrontendConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config.log_level)
     from .server import new_event_loop_factory
 
     with asyncio.Runner(loop_factory=new_event_loop_factory()) as runner:

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .args import DEFAULT_MAX_BODY_BYTES
 from .backend import ServingBackend
 from .detokenize import make_detokenizer
 from .errors import ApiError, invalid, to_api_error
@@ -31,7 +32,6 @@ from .tokenizer import TokenizerCache
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 _UNKNOWN_MODEL_LABEL = "unknown"  # metrics label for requests that never resolved to a served model
 
 

@@ -1,6 +1,6 @@
 """The contract between the HTTP layer and whatever finds workers and talks to them.
 
-The HTTP layer (this package) only ever sees a `ServingBackend`; `dynamo.llm.worker_client` provides
+The HTTP layer (this package) only ever sees a `ServingBackend`; `dynamo.frontend.worker_backend` provides
 the real one (discovery + routing + gRPC + migration), tests provide doubles. Errors a backend raises
 carry the HTTP status and OpenAI error type the frontend answers with.
 """

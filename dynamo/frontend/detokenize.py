@@ -1,30 +1,20 @@
 """Incremental detokenization: token ids in, new text out, O(1) work per token.
 
-`DecodeStream` (tokenizers >= 0.21) keeps a small window of ids and emits text once it is valid
-UTF-8. Where it is missing (old tokenizers, slow tokenizers), a prefix-offset decoder does the same
-with windowed `decode` calls. Both hold back incomplete characters; `flush()` emits what is left
-at the end of the stream (replacement characters included), so the concatenated output equals a
-full `decode` of all ids.
+tokenizers' `DecodeStream` (>= 0.22 takes one id or a list of ids per step) keeps a small window of
+ids and emits text once it is valid UTF-8. It holds back incomplete characters; `flush()` emits
+what is left at the end of the stream (replacement characters included), so the concatenated
+output equals a full `decode` of all ids.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
-try:
-    from tokenizers.decoders import DecodeStream
-except ImportError:  # tokenizers < 0.21
-    DecodeStream = None  # type: ignore[assignment,misc]
+from tokenizers.decoders import DecodeStream
 
 
-class Detokenizer(Protocol):
-    def step(self, token_id: int) -> str: ...
-    def step_many(self, token_ids: list[int]) -> str: ...
-    def flush(self) -> str: ...
-
-
-class StreamDetokenizer:
-    """Uses tokenizers' DecodeStream; tracks the undecoded tail only for `flush`."""
+class Detokenizer:
+    """One request's detokenizer; tracks the undecoded tail only for `flush`."""
 
     __slots__ = ("_fast", "_hf", "_stream", "_skip", "_context", "_pending")
 
@@ -67,47 +57,6 @@ class StreamDetokenizer:
         return full[len(prefix):]
 
 
-class PrefixOffsetDetokenizer:
-    """Fallback: decode a sliding window [prefix_offset:] and emit what grew past read_offset."""
-
-    __slots__ = ("_hf", "_skip", "_ids", "_prefix_offset", "_read_offset", "_prefix_text")
-
-    def __init__(self, hf: Any, skip_special_tokens: bool = True) -> None:
-        self._hf = hf
-        self._skip = skip_special_tokens
-        self._ids: list[int] = []
-        self._prefix_offset = 0
-        self._read_offset = 0
-        self._prefix_text = ""
-
-    def _advance(self, final: bool) -> str:
-        window = self._hf.decode(self._ids[self._prefix_offset:], skip_special_tokens=self._skip)
-        if len(window) <= len(self._prefix_text) or (window.endswith("\ufffd") and not final):
-            return ""
-        new = window[len(self._prefix_text):]
-        # The next window starts at the tokens just emitted: enough context for spacing rules.
-        self._prefix_offset = self._read_offset
-        self._read_offset = len(self._ids)
-        self._prefix_text = self._hf.decode(self._ids[self._prefix_offset:],
-                                            skip_special_tokens=self._skip)
-        return new
-
-    def step(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        return self._advance(final=False)
-
-    def step_many(self, token_ids: list[int]) -> str:
-        self._ids.extend(token_ids)
-        return self._advance(final=False)
-
-    def flush(self) -> str:
-        if self._read_offset == len(self._ids):
-            return ""
-        return self._advance(final=True)
-
-
 def make_detokenizer(tokenizer: Any, skip_special_tokens: bool = True) -> Detokenizer:
-    """`tokenizer` is a ModelTokenizer (fast: tokenizers.Tokenizer or None; hf: transformers)."""
-    if DecodeStream is not None and tokenizer.fast is not None:
-        return StreamDetokenizer(tokenizer.fast, tokenizer.hf, skip_special_tokens)
-    return PrefixOffsetDetokenizer(tokenizer.hf, skip_special_tokens)
+    """`tokenizer` is a ModelTokenizer (fast: tokenizers.Tokenizer; hf: transformers)."""
+    return Detokenizer(tokenizer.fast, tokenizer.hf, skip_special_tokens)

@@ -177,7 +177,9 @@ class GenerationResponse:
                 delta = proc.process(output)
                 texts.append(delta.text)
                 if job.logprobs is not None and delta.logprobs:
-                    logprob_parts.append(job.logprobs.format(delta.logprobs))
+                    part = job.logprobs.format(delta.logprobs)
+                    if part is not None:
+                        logprob_parts.append(part)
                 if delta.finish_reason is not None:
                     break
             else:

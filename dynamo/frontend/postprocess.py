@@ -76,6 +76,7 @@ class OutputProcessor:
 
     def _with_stop_strings(self, ids: list[int]) -> tuple[str, int]:
         stop, detok = self._stop, self._detok
+        assert stop is not None  # only called when the request has stop strings
         parts = []
         for n, token_id in enumerate(ids, 1):
             piece = detok.step(token_id)

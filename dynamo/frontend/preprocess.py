@@ -17,8 +17,8 @@ async def prompt_token_ids(req: ParsedRequest, tokenizer: ModelTokenizer) -> lis
         param = "messages"
     elif req.prompt_ids is not None:
         ids = req.prompt_ids
-        bad = next((t for t in ids if t >= tokenizer.vocab_size), None)
-        if bad is not None:
+        if max(ids) >= tokenizer.vocab_size:
+            bad = next(t for t in ids if t >= tokenizer.vocab_size)
             raise invalid(f"token id {bad} in 'prompt' is outside the vocabulary (valid ids are "
                           f"0..{tokenizer.vocab_size - 1})", "prompt")
         return ids

@@ -229,7 +229,8 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _is_token_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
+    # set(map(type, ...)) runs in C: a 2k-id prompt is checked in a fraction of a Python loop's time
+    return isinstance(value, list) and bool(value) and set(map(type, value)) == {int}
 
 
 def _prompt(body: dict[str, Any], req: ParsedRequest) -> None:
@@ -245,7 +246,7 @@ def _prompt(body: dict[str, Any], req: ParsedRequest) -> None:
             raise invalid("'prompt' must not be empty", "prompt")
         req.prompt_text = prompt
     elif _is_token_list(prompt):
-        if any(t < 0 for t in prompt):
+        if min(prompt) < 0:
             raise invalid("'prompt' token ids must be non-negative", "prompt")
         req.prompt_ids = list(prompt)
     else:

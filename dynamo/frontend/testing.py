@@ -12,12 +12,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 
 from dynamo.llm.model_card import ModelCard
-from dynamo.llm.protocol import (FinishReason, GenerateOutput, GenerateRequest, TokenLogprob,
-                                 Usage)
+from dynamo.llm.protocol import FinishReason, GenerateOutput, GenerateRequest, TokenLogprob, Usage
 
 from .backend import NoWorkers, UnknownModel
 
@@ -97,7 +97,7 @@ class ScriptedBackend:
 class ThreadedServer:
     """uvicorn on 127.0.0.1:<ephemeral port> in a background thread, with its own event loop."""
 
-    def __init__(self, app: object) -> None:
+    def __init__(self, app: Any) -> None:
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                 lifespan="on", access_log=False)
         self.server = uvicorn.Server(config)

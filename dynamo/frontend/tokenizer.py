@@ -23,14 +23,18 @@ _INLINE_TOKENIZE_CHARS = 16_384
 class ModelTokenizer:
     """A loaded tokenizer plus what requests need from it."""
 
-    hf: Any  # transformers PreTrainedTokenizer(Fast)
+    hf: Any  # transformers PreTrainedTokenizerFast
     chat_template: str | None
-    fast: Any = None  # tokenizers.Tokenizer when available: encode/decode without Python overhead
+    fast: Any = None  # its tokenizers.Tokenizer: encode and incremental decode without Python overhead
     vocab_size: int = 0
     _token_text: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.fast = getattr(self.hf, "backend_tokenizer", None)
+        if self.fast is None:
+            raise ValueError(f"{type(self.hf).__name__} is a slow (pure Python) tokenizer; the frontend "
+                             "needs a fast one (a tokenizer.json, or a tokenizer transformers can "
+                             "convert: AutoTokenizer.from_pretrained(..., use_fast=True))")
         self.vocab_size = len(self.hf)
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
@@ -41,9 +45,7 @@ class ModelTokenizer:
                                            add_generation_prompt=True, tokenize=False)
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
-        if self.fast is not None:
-            return self.fast.encode(text, add_special_tokens=add_special_tokens).ids
-        return self.hf.encode(text, add_special_tokens=add_special_tokens)
+        return self.fast.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str:
         return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -1,14 +1,18 @@
 """The contract every engine adapter implements (vLLM, SGLang, TensorRT-LLM, mocker).
 
 The worker shell (`dynamo.llm.worker`) owns everything else: flags, registration, gRPC, health,
-metrics, the KV-event relay and disaggregation orchestration. An adapter only translates.
+metrics, the KV-event relay, the rules of each role (dynamo.llm.disagg) and disaggregation
+orchestration. An adapter only translates. Adding an engine = subclass `LLMEngine` (the
+`*_cli_args` class methods included) and a `__main__` that calls `dynamo.llm.worker.serve_engine`.
 """
 
 from __future__ import annotations
 
 import abc
+import argparse
 from collections.abc import AsyncIterator
 
+from dynamo.llm.model_card import ModelSource, Role
 from dynamo.llm.protocol import EngineInfo, EngineStats, GenerateOutput, GenerateRequest, KvEvent
 
 
@@ -17,10 +21,45 @@ class EngineError(RuntimeError):
 
 
 class LLMEngine(abc.ABC):
-    """One started inference engine, driven by one worker process."""
+    """One started inference engine, driven by one worker process.
+
+    `role` is the worker's role. The shell has already applied the role's rules to every request
+    an adapter sees (a prefill request has max_tokens=1 and no disaggregated_params); the adapter
+    uses the role only to translate (e.g. ask the engine to keep a prefill's KV for a decode).
+    """
 
     #: short adapter name; also tags the DisaggregatedParams this engine produces ("vllm", "mocker", ...)
     name: str = "engine"
+    #: one line for `python -m dynamo.<name> --help`
+    description: str = ""
+
+    def __init__(self, role: Role = Role.AGGREGATED) -> None:
+        if not isinstance(role, Role):
+            raise TypeError(f"role must be a dynamo.llm.model_card.Role, got {role!r}")
+        self.role = role
+
+    # --- how the worker's command line builds the engine ---------------------------------------
+
+    @classmethod
+    def make_parser(cls, prog: str) -> argparse.ArgumentParser:
+        """The parser of `python -m dynamo.<name>` (an engine may need its own parser class)."""
+        return argparse.ArgumentParser(prog=prog, description=cls.description)
+
+    @classmethod
+    def add_cli_args(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the engine's own flags, as the engine defines them (the shell adds the worker's)."""
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace, role: Role) -> LLMEngine:
+        """The engine the parsed flags describe (not started). ValueError: flags it cannot use."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from command-line flags")
+
+    @property
+    @abc.abstractmethod
+    def model_source(self) -> ModelSource:
+        """The served model's name, weights and tokenizer, as the flags gave them."""
+
+    # --- lifecycle and requests ------------------------------------------------------------------
 
     @abc.abstractmethod
     async def start(self) -> EngineInfo:
@@ -31,11 +70,11 @@ class LLMEngine(abc.ABC):
         """Stream the request's outputs.
 
         Each output carries the token ids that are new since the previous one. The last output has
-        `finish_reason` set and `usage` filled. When the worker's role is prefill, the request has
-        max_tokens=1 and the last output carries `disaggregated_params`. Raises `InvalidRequest` for
-        engine-specific bad input (before yielding anything), `EngineError` when the engine fails.
-        If the consumer stops iterating (the client cancelled), the adapter must abort the engine
-        request (e.g. in a `finally`), so the engine keeps no unfinished request.
+        `finish_reason` set and `usage` filled. When the role is prefill, the last output carries
+        `disaggregated_params`. Raises `InvalidRequest` for engine-specific bad input (before
+        yielding anything), `EngineError` when the engine fails. If the consumer stops iterating
+        (the client cancelled), the adapter must abort the engine request (e.g. in a `finally`),
+        so the engine keeps no unfinished request.
         """
 
     @abc.abstractmethod
@@ -60,7 +99,8 @@ class LLMEngine(abc.ABC):
 
     def num_unfinished_requests(self) -> int:
         """Requests the engine still holds (tests use it to prove aborts reach the engine)."""
-        return self.stats().running_requests + self.stats().waiting_requests
+        stats = self.stats()
+        return stats.running_requests + stats.waiting_requests
 
     @abc.abstractmethod
     async def shutdown(self) -> None:

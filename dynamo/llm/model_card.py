@@ -16,6 +16,16 @@ class Role(str, enum.Enum):
 
 
 @dataclass
+class ModelSource:
+    """What a backend knows about its model before the engine starts (from its flags)."""
+
+    served_model_name: str
+    model_path: str
+    tokenizer: str | None = None  # None: model_path
+    chat_template: str | None = None  # None: the tokenizer's own
+
+
+@dataclass
 class ModelCard:
     served_model_name: str
     model_path: str  # local directory or hub id of the weights

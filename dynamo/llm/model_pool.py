@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dynamo.llm.model_card import ModelCard, Role
+from dynamo.llm.transport import DEFAULT_TRANSPORT, check_transport
+from dynamo.llm.worker_group import WorkerGroup
 from dynamo.runtime.discovery.base import Discovery
 from dynamo.runtime.discovery.records import InstanceRecord, InstanceWatcher
 from dynamo.runtime.identity import namespace_prefix
 from dynamo.runtime.rpc.client import EndpointClient
+
+SERVING_ROLES = (Role.AGGREGATED, Role.DECODE)  # the roles a client's request can be sent to
 
 
 def card_of(record: InstanceRecord) -> ModelCard | None:
@@ -20,18 +24,18 @@ def card_of(record: InstanceRecord) -> ModelCard | None:
 
 
 class ModelPool:
-    """Watches one namespace; hands out clients over the instances of (model, roles)."""
+    """Watches one namespace; hands out the WorkerGroup of each (model, roles)."""
 
-    def __init__(self, discovery: Discovery, namespace: str, policy: str = "round-robin") -> None:
+    def __init__(self, discovery: Discovery, namespace: str, transport: str = DEFAULT_TRANSPORT) -> None:
         self.namespace = namespace
-        self.policy = policy
+        self.transport = check_transport(transport)
         self.watcher = InstanceWatcher(discovery, namespace_prefix(namespace))
-        self._clients: dict[tuple[str, tuple[Role, ...]], EndpointClient] = {}
+        self._groups: dict[tuple[str, tuple[Role, ...]], WorkerGroup] = {}
 
     async def start(self) -> None:
         await self.watcher.start()
 
-    def cards(self, roles: tuple[Role, ...] = (Role.AGGREGATED, Role.DECODE)) -> dict[str, ModelCard]:
+    def cards(self, roles: tuple[Role, ...] = SERVING_ROLES) -> dict[str, ModelCard]:
         """One card per served model name that has a live instance in one of `roles`."""
         out: dict[str, ModelCard] = {}
         for rec in sorted(self.watcher.instances.values(), key=lambda r: r.instance_id):
@@ -40,19 +44,19 @@ class ModelPool:
                 out.setdefault(card.served_model_name, card)
         return out
 
-    def client(self, model: str, roles: tuple[Role, ...]) -> EndpointClient:
+    def group(self, model: str, roles: tuple[Role, ...]) -> WorkerGroup:
         key = (model, roles)
-        client = self._clients.get(key)
-        if client is None:
+        group = self._groups.get(key)
+        if group is None:
             def matches(rec: InstanceRecord) -> bool:
                 card = card_of(rec)
                 return card is not None and card.served_model_name == model and card.role in roles
             label = f"{self.namespace}/{model}/{'+'.join(r.value for r in roles)}"
-            client = EndpointClient(None, label, self.policy, watcher=self.watcher, predicate=matches)
-            self._clients[key] = client
-        return client
+            endpoint = EndpointClient(None, label, watcher=self.watcher, predicate=matches)
+            group = self._groups[key] = WorkerGroup(endpoint, self.transport)
+        return group
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.close()
+        for group in self._groups.values():
+            await group.endpoint.close()
         await self.watcher.close()

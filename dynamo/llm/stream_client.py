@@ -13,7 +13,8 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
 
 import grpc
 
@@ -50,7 +51,7 @@ class WorkerStream:
         method = self.channel.stream_stream(GENERATE_STREAM_METHOD,
                                             request_serializer=pb.StreamRequest.SerializeToString,
                                             response_deserializer=pb.StreamResponse.FromString,
-                                            _registered_method=True)
+                                            _registered_method=True)  # type: ignore[call-arg]  # as grpc's generated stubs do
         self._call = method(self._requests())
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -78,7 +79,7 @@ class WorkerStream:
                     error = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, _NO_METADATA, _NO_METADATA,
                                                  "the worker ended the stream")
                     break
-                for item in resp.items:
+                for item in cast(pb.StreamResponse, resp).items:
                     queue = self._queues.get(item.stream_id)
                     if queue is not None:
                         queue.put_nowait(item)
@@ -95,7 +96,7 @@ class WorkerStream:
             queue.put_nowait(_Broken(error))
 
     async def generate(self, request: GenerateRequest, timeout: float | None = None
-                       ) -> AsyncIterator[GenerateOutput]:
+                       ) -> AsyncGenerator[GenerateOutput, None]:
         """The request's outputs. Raises as a Generate call to the same worker would."""
         if self.error is not None:
             raise self.error

@@ -14,6 +14,7 @@ import json
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 #: bump when anything below changes what gets built, so stale directories are rebuilt
 BUILD_VERSION = 1
@@ -21,7 +22,7 @@ MARKER_FILE = "dynamo-tiny-model.json"
 
 VOCAB_SIZE = 1024
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
-MODEL_CONFIG = dict(
+MODEL_CONFIG: dict[str, Any] = dict(
     hidden_size=128,
     intermediate_size=256,
     num_hidden_layers=2,
@@ -79,8 +80,11 @@ def _build_tokenizer(out_dir: Path) -> dict[str, int]:
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out_dir))
-    return {name: tokenizer.token_to_id(tok) for name, tok in
-            (("bos", BOS), ("eos", EOS), ("pad", PAD))}
+    ids = {name: tokenizer.token_to_id(tok) for name, tok in (("bos", BOS), ("eos", EOS), ("pad", PAD))}
+    missing = [name for name, token_id in ids.items() if token_id is None]
+    if missing:
+        raise RuntimeError(f"the trained tokenizer lacks the special token(s) {missing}")
+    return {name: token_id for name, token_id in ids.items() if token_id is not None}
 
 
 def _build_weights(out_dir: Path, seed: int, ids: dict[str, int]) -> None:

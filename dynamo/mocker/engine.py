@@ -10,10 +10,10 @@ What it simulates:
 
 Disaggregated prefill/decode (the handoff is defined in disagg.py; the convention is the project's,
 see dynamo/llm/disagg.py):
-- role "prefill": the request runs its prefill and produces exactly one token (max_tokens is
-  treated as 1). The last output carries that token, `usage`, and
+- role prefill: the worker shell sends every request with max_tokens=1 and no disaggregated
+  params (the rules are dynamo.llm.disagg's); the request runs its prefill and its one token. The last output carries that token, `usage`, and
   `DisaggregatedParams(engine="mocker", payload={...}, first_token_ids=[t0])`.
-- role "decode" (or "agg") with `disaggregated_params`: the request carries the original prompt and
+- role decode (or agg) with `disaggregated_params`: the request carries the original prompt and
   the original stop conditions. After the simulated transfer (prompt tokens x kv_bytes_per_token /
   kv_transfer_bandwidth / speedup_ratio) the prompt's KV is present except its last position, which
   is recomputed (as vLLM does) to sample the first token. The decode stream is the WHOLE
@@ -23,16 +23,18 @@ see dynamo/llm/disagg.py):
   prefill request dropped min_tokens and t0 is a stop/EOS id, in which case the decode stream
   still equals the aggregated one). `first_token_ids` is informational: do not prepend it.
   usage.cached_tokens = the prompt length (its KV came from the prefill worker).
-- role "decode" without params: the request is prefilled locally, as in "agg".
+- role decode without params: the request is prefilled locally, as in "agg".
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 from dynamo.llm.engine import EngineError, LLMEngine
+from dynamo.llm.model_card import ModelSource, Role
 from dynamo.llm.protocol import (
     EngineInfo,
     EngineStats,
@@ -44,7 +46,7 @@ from dynamo.llm.protocol import (
     Usage,
 )
 from dynamo.mocker import disagg
-from dynamo.mocker.args import MockerConfig
+from dynamo.mocker.args import MockerConfig, add_mocker_args, mocker_config_from_namespace
 from dynamo.mocker.events import KvEventBuffer
 from dynamo.mocker.kv_cache import KvCache
 from dynamo.mocker.scheduler import Scheduler
@@ -54,19 +56,16 @@ from dynamo.mocker.tokens import TokenSampler, request_seed
 
 log = logging.getLogger(__name__)
 
-ROLES = ("agg", "prefill", "decode")
 _NOTHING: frozenset[int] = frozenset()
 
 
 class MockerEngine(LLMEngine):
     name = "mocker"
+    description = "Dynamo worker over a simulated engine (no GPU, no weights)."
 
-    def __init__(self, config: MockerConfig, role: str = "agg") -> None:
-        role = getattr(role, "value", role)
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    def __init__(self, config: MockerConfig, role: Role = Role.AGGREGATED) -> None:
+        super().__init__(role)
         self.config = config
-        self.role: str = role
         self.context_length = min(config.max_model_len, config.kv_capacity_tokens)
         self._sampler = TokenSampler(config.vocab_size, config.eos_token_ids, config.eos_rate)
         self._eos = frozenset(self._sampler.eos_token_ids)
@@ -83,13 +82,28 @@ class MockerEngine(LLMEngine):
         self._generated_tokens = 0
         self._finished_requests = 0
 
+    # --- command line -----------------------------------------------------------------------
+    @classmethod
+    def add_cli_args(cls, parser: argparse.ArgumentParser) -> None:
+        add_mocker_args(parser)
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace, role: Role) -> MockerEngine:
+        return cls(mocker_config_from_namespace(ns), role)
+
+    @property
+    def model_source(self) -> ModelSource:
+        c = self.config
+        return ModelSource(served_model_name=c.served_model_name,
+                           model_path=c.model_path or c.served_model_name, tokenizer=c.model_path)
+
     # --- lifecycle --------------------------------------------------------------------------
     async def start(self) -> EngineInfo:
         if self._task is not None:
             raise EngineError("MockerEngine.start() called twice")
         self._task = asyncio.create_task(self._run(), name="mocker-engine-loop")
         log.info("mocker engine started: role=%s blocks=%d x %d tokens, context %d, speedup %.1f",
-                 self.role, self.config.num_gpu_blocks, self.config.block_size, self.context_length,
+                 self.role.value, self.config.num_gpu_blocks, self.config.block_size, self.context_length,
                  self.config.speedup_ratio)
         return self.info
 
@@ -160,15 +174,12 @@ class MockerEngine(LLMEngine):
             raise EngineError(f"mocker engine loop failed: {self._failure!r}")
         if self._task is None or self._task.done():
             raise EngineError("mocker engine is not running: call start() first")
-        request.validate_common(vocab_size=self.config.vocab_size, context_length=self.context_length)
         if request.request_id in self._requests:
             raise InvalidRequest(f"request id {request.request_id!r} is already running; ids must be unique")
         prompt = list(request.token_ids)
         stop = request.stop
         room = self.context_length - len(prompt)
         max_tokens = min(stop.max_tokens or room, room)
-        if self.role == "prefill":
-            max_tokens = 1  # a prefill worker hands over after the first token
         seq = Sequence(
             request_id=request.request_id, prompt_len=len(prompt), tokens=prompt,
             seed=request_seed(self.config.mocker_seed, prompt, request.sampling), max_tokens=max_tokens,
@@ -177,8 +188,6 @@ class MockerEngine(LLMEngine):
         params = request.disaggregated_params
         if params is None:
             return seq, 0.0
-        if self.role == "prefill":
-            raise InvalidRequest("this is a prefill worker: disaggregated_params belong on requests to a decode worker")
         disagg.validate_params(params, prompt=prompt, expected_block_hashes=seq.prompt_block_hashes(),
                                block_size=self.config.block_size, mocker_seed=self.config.mocker_seed,
                                vocab_size=self.config.vocab_size)
@@ -254,7 +263,7 @@ class MockerEngine(LLMEngine):
         sink = seq.sink
         sink.finish_reason = reason
         sink.error = error
-        if self.role == "prefill" and reason is not FinishReason.CANCELLED and reason is not FinishReason.ERROR:
+        if self.role is Role.PREFILL and reason is not FinishReason.CANCELLED and reason is not FinishReason.ERROR:
             sink.disaggregated_params = disagg.make_params(
                 prompt=seq.tokens[:seq.prompt_len], block_hashes=seq.prompt_block_hashes(),
                 block_size=self.config.block_size, mocker_seed=self.config.mocker_seed,

@@ -16,8 +16,7 @@ from dynamo.runtime.identity import INSTANCES_ROOT
 
 
 async def list_instances(config: RuntimeConfig, all_namespaces: bool) -> list[InstanceRecord]:
-    discovery = open_discovery(config.discovery_backend, discovery_dir=config.discovery_dir,
-                               etcd_endpoints=config.etcd_endpoints, ttl=config.discovery_ttl)
+    discovery = open_discovery(config.discovery)
     await discovery.start()
     try:
         prefix = INSTANCES_ROOT if all_namespaces else f"{INSTANCES_ROOT}{config.namespace}/"

@@ -1,85 +1,209 @@
-"""Runtime flags shared by every process: CLI flag first, DYN_* environment variable second, default last."""
+"""Settings of every process: CLI flag first, environment variable second, default last.
+
+One helper reads every environment variable (`env_value`) and one declares every flag that has a
+variable (`add_env_flag`): the flag's default comes from the variable, a bad value in either place
+exits with argparse's usage error naming the flag or the variable, and the help text names both the
+variable and the default. Each layer declares its own flags with these helpers; the choice lists
+live next to what they choose between (discovery backends here, router modes in the frontend,
+transports in dynamo.llm.transport).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
+
+T = TypeVar("T")
+Environ = Mapping[str, str]
+
+DISCOVERY_BACKENDS = ("file", "etcd")
+DEFAULT_ETCD_ENDPOINT = "127.0.0.1:2379"
+DEFAULT_DISCOVERY_TTL_S = 10.0
 
 
-def env_default(var: str, default: str | None) -> str | None:
-    return os.environ.get(var, default)
+class EnvError(ValueError):
+    """An environment variable holds a value its setting cannot take."""
 
 
-def env_int(var: str, default: int | None) -> int | None:
-    raw = os.environ.get(var)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"environment variable {var}={raw!r} must be an integer") from None
+# --- value parsers: each is an argparse `type` and parses the environment variable too ----------
+
+def _typed(name: str, parse: Callable[[str], T]) -> Callable[[str], T]:
+    parse.__name__ = name  # argparse says "invalid <name> value: ..." when it raises ValueError
+    return parse
 
 
-def env_float(var: str, default: float, env: Mapping[str, str] | None = None) -> float:
+def choice(*options: str, normalize: Callable[[str], str] = str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = normalize(raw.strip())
+        if value not in options:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not one of {', '.join(options)}")
+        return value
+    return _typed("choice", parse)
+
+
+def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not an integer") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"in {lo}..{hi}" if lo is not None and hi is not None else (
+                f">= {lo}" if lo is not None else f"<= {hi}")
+            raise argparse.ArgumentTypeError(f"{value} must be {bounds}")
+        return value
+    return _typed("integer", parse)
+
+
+def float_range(lo: float | None = None, *, lo_open: bool = False) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+        if value != value or (lo is not None and (value <= lo if lo_open else value < lo)):
+            raise argparse.ArgumentTypeError(f"{raw!r} must be a number {'>' if lo_open else '>='} {lo}")
+        return value
+    return _typed("number", parse)
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{raw!r} is not a boolean (1/0, true/false, yes/no, on/off)")
+
+
+def comma_list(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+# --- the two helpers ---------------------------------------------------------------------------
+
+def env_value(var: str, parse: Callable[[str], T], default: T, env: Environ | None = None) -> T:
+    """`var` parsed by `parse`, or `default` when unset or empty; EnvError names a bad value."""
     raw = (os.environ if env is None else env).get(var)
-    if raw is None or raw == "":
+    if raw is None or raw.strip() == "":
         return default
     try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"environment variable {var}={raw!r} must be a number") from None
+        return parse(raw)
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        raise EnvError(f"environment variable {var}={raw!r}: {e}") from None
 
 
-def add_discovery_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
-    """The discovery flags of every process (workers, frontend, CLI); defaults from `env`
-    (os.environ unless given)."""
-    env = os.environ if env is None else env
+def add_env_flag(parser: argparse.ArgumentParser, *flags: str, env_var: str | None, default: Any,
+                 help: str, type: Callable[[str], Any] = str, group: Any = None,
+                 env: Environ | None = None, metavar: str | None = None, switch: bool = False) -> None:
+    """Declare a flag whose default is `env_var` (when set), else `default`.
+
+    `switch`: a store_true flag (the variable takes 1/0, true/false, ...). `group`: an argument
+    group of `parser` to add it to. A bad variable value is a usage error (exit 2).
+    """
+    if env_var is not None:
+        try:
+            default = env_value(env_var, parse_bool if switch else type, default, env)
+        except EnvError as e:
+            parser.error(str(e))
+    suffix = ", ".join(x for x in (f"env {env_var}" if env_var else "",
+                                   f"default: {default}" if default not in (None, "", False) else "") if x)
+    target = group if group is not None else parser
+    text = f"{help} [{suffix}]" if suffix else help
+    if switch:
+        target.add_argument(*flags, action="store_true", default=default, help=text)
+    else:
+        target.add_argument(*flags, type=type, default=default, help=text, metavar=metavar)
+
+
+# --- discovery ---------------------------------------------------------------------------------
+
+@dataclass
+class DiscoveryConfig:
+    """Where the processes of a deployment find each other."""
+
+    backend: str = "file"
+    directory: str | None = None  # file backend; None: dynamo.runtime.discovery.default_discovery_dir()
+    etcd_endpoints: list[str] = field(default_factory=lambda: [DEFAULT_ETCD_ENDPOINT])
+    ttl: float = DEFAULT_DISCOVERY_TTL_S  # seconds a dead process stays registered
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> DiscoveryConfig:
+        return cls(backend=ns.discovery_backend, directory=ns.discovery_dir,
+                   etcd_endpoints=list(ns.etcd_endpoints), ttl=ns.discovery_ttl)
+
+    @classmethod
+    def from_env(cls, env: Environ | None = None) -> DiscoveryConfig:
+        """The configuration a process gets with no discovery flags (variables, then defaults)."""
+        parser = _EnvOnlyParser(add_help=False)
+        add_discovery_args(parser, env)
+        return cls.from_args(parser.parse_args([]))
+
+
+class _EnvOnlyParser(argparse.ArgumentParser):
+    """Parses no command line, only the variables: a bad one raises instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise EnvError(message)
+
+
+def add_namespace_arg(parser: argparse.ArgumentParser, env: Environ | None = None, group: Any = None) -> None:
+    add_env_flag(parser, "--namespace", env_var="DYN_NAMESPACE", default="dynamo", env=env, group=group,
+                 help="Dynamo namespace to register in / watch")
+
+
+def add_discovery_args(parser: argparse.ArgumentParser, env: Environ | None = None, *,
+                       namespace: bool = True) -> None:
+    """The discovery flags of every process (workers, frontend, CLI)."""
     g = parser.add_argument_group("discovery")
-    g.add_argument("--namespace", default=env.get("DYN_NAMESPACE") or "dynamo",
-                   help="Dynamo namespace to register in / watch (env DYN_NAMESPACE; default: dynamo)")
-    g.add_argument("--discovery-backend", choices=("file", "etcd"),
-                   default=env.get("DYN_DISCOVERY_BACKEND") or "file",
-                   help="file: embedded, one shared directory (single machine); etcd: many machines "
-                        "(env DYN_DISCOVERY_BACKEND; default: file)")
-    g.add_argument("--discovery-dir", default=env.get("DYN_FILE_KV") or None,
-                   help="directory of the file backend (env DYN_FILE_KV; default ~/.cache/dynamo/discovery)")
-    g.add_argument("--etcd-endpoints", default=env.get("ETCD_ENDPOINTS") or "127.0.0.1:2379",
-                   help="comma-separated etcd endpoints host:port (env ETCD_ENDPOINTS)")
-    g.add_argument("--discovery-ttl", type=float, default=env_float("DYN_DISCOVERY_TTL", 10.0, env),
-                   help="seconds a dead process stays registered (lease TTL; env DYN_DISCOVERY_TTL)")
+    if namespace:
+        add_namespace_arg(parser, env, g)
+    add_env_flag(parser, "--discovery-backend", env_var="DYN_DISCOVERY_BACKEND", default="file", env=env,
+                 group=g, type=choice(*DISCOVERY_BACKENDS, normalize=str.lower),
+                 help="file: embedded, one shared directory (single machine); etcd: many machines")
+    add_env_flag(parser, "--discovery-dir", env_var="DYN_FILE_KV", default=None, env=env, group=g,
+                 help="directory of the file backend (default: $XDG_CACHE_HOME/dynamo/discovery)")
+    add_env_flag(parser, "--etcd-endpoints", env_var="ETCD_ENDPOINTS", default=[DEFAULT_ETCD_ENDPOINT],
+                 env=env, group=g, type=comma_list, metavar="HOST:PORT[,...]",
+                 help="comma-separated etcd endpoints")
+    add_env_flag(parser, "--discovery-ttl", env_var="DYN_DISCOVERY_TTL", default=DEFAULT_DISCOVERY_TTL_S,
+                 env=env, group=g, type=float_range(0.0, lo_open=True),
+                 help="seconds a dead process stays registered (lease TTL)")
 
 
-def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+# --- a serving process (a worker) --------------------------------------------------------------
+
+def add_runtime_args(parser: argparse.ArgumentParser, env: Environ | None = None) -> None:
     """Flags of a serving process (a worker): discovery plus the gRPC and system servers."""
-    add_discovery_args(parser)
+    add_discovery_args(parser, env)
     g = parser.add_argument_group("serving")
-    g.add_argument("--grpc-host", default=env_default("DYN_GRPC_HOST", "0.0.0.0"),
-                   help="address the gRPC server binds (env DYN_GRPC_HOST; default 0.0.0.0)")
-    g.add_argument("--grpc-port", type=int, default=env_int("DYN_GRPC_PORT", 0),
-                   help="gRPC port; 0 picks a free one (env DYN_GRPC_PORT)")
-    g.add_argument("--grpc-local-socket", default=env_default("DYN_GRPC_LOCAL_SOCKET", "auto"),
-                   help="also serve gRPC on a Unix socket, which clients on this machine use instead "
-                        "of TCP: auto (a fresh path in $XDG_RUNTIME_DIR or the temp dir), off, or a "
-                        "path (env DYN_GRPC_LOCAL_SOCKET; default auto)")
-    g.add_argument("--advertise-host", default=env_default("DYN_ADVERTISE_HOST", None),
-                   help="host other processes reach this one at (env DYN_ADVERTISE_HOST; default: "
-                        "POD_IP in Kubernetes, else this host's address, else 127.0.0.1)")
-    g.add_argument("--system-port", type=int, default=env_int("DYN_SYSTEM_PORT", None),
-                   help="HTTP port for /health, /live and /metrics; 0 picks a free one; unset: off "
-                        "(env DYN_SYSTEM_PORT)")
-    g.add_argument("--drain-timeout", type=float, default=env_float("DYN_DRAIN_TIMEOUT", 30.0),
-                   help="seconds in-flight requests may take to finish after SIGTERM (env DYN_DRAIN_TIMEOUT)")
+    add_env_flag(parser, "--grpc-host", env_var="DYN_GRPC_HOST", default="0.0.0.0", env=env, group=g,
+                 help="address the gRPC server binds")
+    add_env_flag(parser, "--grpc-port", env_var="DYN_GRPC_PORT", default=0, env=env, group=g,
+                 type=int_range(0, 65535), help="gRPC port; 0 picks a free one")
+    add_env_flag(parser, "--grpc-local-socket", env_var="DYN_GRPC_LOCAL_SOCKET", default="auto", env=env,
+                 group=g, help="also serve gRPC on a Unix socket, which clients on this machine use "
+                               "instead of TCP: auto (a fresh path in $XDG_RUNTIME_DIR or the temp "
+                               "dir), off, or a path")
+    add_env_flag(parser, "--advertise-host", env_var="DYN_ADVERTISE_HOST", default=None, env=env, group=g,
+                 help="host other processes reach this one at (default: POD_IP in Kubernetes, else "
+                      "this host's address, else 127.0.0.1)")
+    add_env_flag(parser, "--system-port", env_var="DYN_SYSTEM_PORT", default=None, env=env, group=g,
+                 type=int_range(0, 65535),
+                 help="HTTP port for /health, /live and /metrics; 0 picks a free one; unset: off")
+    add_env_flag(parser, "--drain-timeout", env_var="DYN_DRAIN_TIMEOUT", default=30.0, env=env, group=g,
+                 type=float_range(0.0), help="seconds in-flight requests may take to finish after SIGTERM")
 
 
 @dataclass
 class RuntimeConfig:
     namespace: str = "dynamo"
-    discovery_backend: str = "file"
-    discovery_dir: str | None = None
-    etcd_endpoints: list[str] = field(default_factory=lambda: ["127.0.0.1:2379"])
-    discovery_ttl: float = 10.0
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 0
     grpc_local_socket: str | None = "auto"
@@ -89,19 +213,35 @@ class RuntimeConfig:
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> RuntimeConfig:
-        def get(name: str, default: object) -> object:
-            return getattr(ns, name, default)
-        endpoints = str(get("etcd_endpoints", "127.0.0.1:2379"))
+        """From a namespace parsed with `add_runtime_args` (or only `add_discovery_args`)."""
+        defaults = cls()
         return cls(
-            namespace=str(get("namespace", "dynamo")),
-            discovery_backend=str(get("discovery_backend", "file")),
-            discovery_dir=get("discovery_dir", None),  # type: ignore[arg-type]
-            etcd_endpoints=[e.strip() for e in endpoints.split(",") if e.strip()],
-            discovery_ttl=float(get("discovery_ttl", 10.0)),  # type: ignore[arg-type]
-            grpc_host=str(get("grpc_host", "0.0.0.0")),
-            grpc_port=int(get("grpc_port", 0)),  # type: ignore[arg-type]
-            grpc_local_socket=get("grpc_local_socket", "auto"),  # type: ignore[arg-type]
-            advertise_host=get("advertise_host", None),  # type: ignore[arg-type]
-            system_port=get("system_port", None),  # type: ignore[arg-type]
-            drain_timeout=float(get("drain_timeout", 30.0)),  # type: ignore[arg-type]
+            namespace=ns.namespace,
+            discovery=DiscoveryConfig.from_args(ns),
+            grpc_host=getattr(ns, "grpc_host", defaults.grpc_host),
+            grpc_port=getattr(ns, "grpc_port", defaults.grpc_port),
+            grpc_local_socket=getattr(ns, "grpc_local_socket", defaults.grpc_local_socket),
+            advertise_host=getattr(ns, "advertise_host", defaults.advertise_host),
+            system_port=getattr(ns, "system_port", defaults.system_port),
+            drain_timeout=getattr(ns, "drain_timeout", defaults.drain_timeout),
         )
+
+
+
+# --- logging -----------------------------------------------------------------------------------
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_LEVEL_ENV = "DYN_LOG"  # upstream Dynamo's name, for every process
+
+
+def add_log_level_arg(parser: argparse.ArgumentParser, env: Environ | None = None) -> None:
+    add_env_flag(parser, "--log-level", env_var=LOG_LEVEL_ENV, default="info", env=env,
+                 type=choice(*LOG_LEVELS, normalize=str.lower), help="log level")
+
+
+def setup_logging(level: str | None = None) -> None:
+    """Log to stderr at `level` (else DYN_LOG, else info), one format for every process."""
+    if level is None:
+        level = env_value(LOG_LEVEL_ENV, choice(*LOG_LEVELS, normalize=str.lower), "info")
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

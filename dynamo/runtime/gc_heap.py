@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import time
+
+from dynamo.runtime.config import env_value, parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ def freeze_startup_heap(collect: bool = True) -> None:
     """Call once start-up is done. `collect`: first free the start-up garbage (one full collection,
     a pause of its own); without it, whatever garbage exists now is kept for good (cheap; for
     processes that load more later, e.g. a frontend loading a tokenizer)."""
-    if os.environ.get("DYN_GC_FREEZE") == "0":  # opt-out, e.g. to compare pause times
+    if not env_value("DYN_GC_FREEZE", parse_bool, True):  # opt-out, e.g. to compare pause times
         return
     t0 = time.perf_counter()
     if collect:

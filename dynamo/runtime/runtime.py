@@ -33,9 +33,7 @@ class DistributedRuntime:
     def __init__(self, config: RuntimeConfig, *, registry: CollectorRegistry | None = None) -> None:
         self.config = config
         self.registry = registry or CollectorRegistry()
-        self.discovery: Discovery = open_discovery(
-            config.discovery_backend, discovery_dir=config.discovery_dir,
-            etcd_endpoints=config.etcd_endpoints, ttl=config.discovery_ttl)
+        self.discovery: Discovery = open_discovery(config.discovery)
         self.server = RpcServer(config.grpc_host, config.grpc_port,
                                 local_socket.socket_path(config.grpc_local_socket))
         self.shutdown_signal = ShutdownSignal()
@@ -94,8 +92,8 @@ class DistributedRuntime:
                 log.warning("could not deregister %s", rec.key, exc_info=True)
         self._records.clear()
 
-    async def client(self, address: EndpointAddress, policy: str = "round-robin") -> EndpointClient:
-        client = EndpointClient(self.discovery, address, policy)
+    async def client(self, address: EndpointAddress) -> EndpointClient:
+        client = EndpointClient(self.discovery, address)
         await client.start()
         self._clients.append(client)
         return client

@@ -19,6 +19,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dynamo.runtime.discovery.file import FileDiscovery
 from dynamo.runtime.discovery.records import InstanceRecord
@@ -137,9 +138,10 @@ async def run_graph(graph: Graph, *, discovery_dir: Path, ready_timeout: float, 
             log.info("%s ready", service.name)
         log.info("all services ready (namespace %s, discovery %s); Ctrl-C stops them", graph.namespace,
                  discovery_dir)
-        exits = [asyncio.ensure_future(r.proc.wait()) for r in running]
+        watched: set[asyncio.Future[Any]] = {asyncio.ensure_future(r.proc.wait()) for r in running}
         stopper = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({*exits, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        watched.add(stopper)
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if stop.is_set():
             return 0

@@ -17,8 +17,8 @@ import uuid
 from vllm.config import KVEventsConfig, KVTransferConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 
-#: the roles a vLLM worker can take; "agg" runs prefill and decode itself
-ROLES = ("agg", "prefill", "decode")
+from dynamo.llm.model_card import ModelSource, Role
+
 NIXL_PORT_ENV = "VLLM_NIXL_SIDE_CHANNEL_PORT"
 NIXL_PROGRESS_DELAY_ENV = "DYN_NIXL_PROGRESS_DELAY_US"
 
@@ -55,13 +55,7 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def check_role(role: str) -> str:
-    if role not in ROLES:
-        raise ValueError(f"unknown worker role {role!r}; expected one of {', '.join(ROLES)}")
-    return role
-
-
-def configure_disaggregation(engine_args: AsyncEngineArgs, role: str) -> AsyncEngineArgs:
+def configure_disaggregation(engine_args: AsyncEngineArgs, role: Role) -> AsyncEngineArgs:
     """Give a prefill or decode engine the NIXL connector it needs to hand KV blocks over.
 
     An explicit `--kv-transfer-config` wins. Otherwise a prefill engine produces KV (kv_producer)
@@ -70,14 +64,13 @@ def configure_disaggregation(engine_args: AsyncEngineArgs, role: str) -> AsyncEn
     worker needs its own, so a free one is picked when the variable is unset. The environment is
     process-wide: run one disaggregated engine per process. Returns a new AsyncEngineArgs.
     """
-    role = check_role(role)
-    if role == "agg" or engine_args.kv_transfer_config is not None:
+    if role is Role.AGGREGATED or engine_args.kv_transfer_config is not None:
         return engine_args
     from vllm.platforms import current_platform
 
     transfer = KVTransferConfig(
         kv_connector="NixlConnector",
-        kv_role="kv_producer" if role == "prefill" else "kv_consumer",
+        kv_role="kv_producer" if role is Role.PREFILL else "kv_consumer",
         kv_buffer_device="cpu" if current_platform.is_cpu() else current_platform.device_type,
     )
     port = os.environ.get(NIXL_PORT_ENV)
@@ -119,6 +112,14 @@ def remove_kv_events_socket(engine_args: AsyncEngineArgs) -> None:
             pass
 
 
-def prepare_engine_args(engine_args: AsyncEngineArgs, role: str = "agg") -> AsyncEngineArgs:
+def prepare_engine_args(engine_args: AsyncEngineArgs, role: Role = Role.AGGREGATED) -> AsyncEngineArgs:
     """Everything a worker of `role` needs on top of the user's flags (a new AsyncEngineArgs)."""
     return configure_kv_events(configure_disaggregation(engine_args, role))
+
+
+def model_source_of(engine_args: AsyncEngineArgs) -> ModelSource:
+    """The served name (vLLM's first --served-model-name, else --model), weights and tokenizer."""
+    served = engine_args.served_model_name
+    name = (served[0] if isinstance(served, list) else served) or engine_args.model
+    return ModelSource(served_model_name=name, model_path=engine_args.model,
+                       tokenizer=engine_args.tokenizer or engine_args.model)

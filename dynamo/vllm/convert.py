@@ -8,16 +8,18 @@ from typing import Any
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
+from dynamo.llm.model_card import Role
 from dynamo.llm.protocol import FinishReason, GenerateRequest, InvalidRequest, TokenLogprob
 
 ENGINE_NAME = "vllm"
 
 
-def kv_transfer_params_for(request: GenerateRequest, role: str) -> dict[str, Any] | None:
+def kv_transfer_params_for(request: GenerateRequest, role: Role) -> dict[str, Any] | None:
     """The `kv_transfer_params` vLLM's NIXL connector reads for this request, if any.
 
     A prefill worker asks vLLM to keep the prompt's KV blocks for a remote decode; a request that
-    carries a prefill's result hands vLLM that prefill's own `kv_transfer_params`.
+    carries a prefill's result hands vLLM that prefill's own `kv_transfer_params`. (Which requests
+    a role accepts is the worker shell's rule, dynamo.llm.disagg, not checked again here.)
     """
     params = request.disaggregated_params
     if params is not None:
@@ -25,13 +27,11 @@ def kv_transfer_params_for(request: GenerateRequest, role: str) -> dict[str, Any
             raise InvalidRequest(
                 f"disaggregated_params were made by a {params.engine!r} prefill worker; a vLLM decode "
                 "worker can only continue a vLLM prefill (route prefill and decode to the same backend)")
-        if role == "prefill":
-            raise InvalidRequest("a prefill worker got a request that already carries a prefill result")
         if not isinstance(params.payload, Mapping) or not params.payload:
             raise InvalidRequest("disaggregated_params.payload is empty; expected vLLM's kv_transfer_params")
         check_kv_transfer_params(params.payload)
         return dict(params.payload)
-    if role == "prefill":
+    if role is Role.PREFILL:
         return {"do_remote_decode": True}
     return None
 
@@ -58,7 +58,7 @@ def check_kv_transfer_params(payload: Mapping[str, Any]) -> None:
                              "prefill worker's result")
 
 
-def sampling_params_for(request: GenerateRequest, role: str = "agg") -> SamplingParams:
+def sampling_params_for(request: GenerateRequest, role: Role = Role.AGGREGATED) -> SamplingParams:
     """vLLM SamplingParams for `request`; vLLM's own validation errors become InvalidRequest."""
     s, stop, out = request.sampling, request.stop, request.output
     kwargs: dict[str, Any] = {
@@ -80,10 +80,6 @@ def sampling_params_for(request: GenerateRequest, role: str = "agg") -> Sampling
         value = getattr(s, name)
         if value is not None:
             kwargs[name] = value
-    if role == "prefill":
-        # A prefill computes the prompt's KV and its first token; a decode worker does the rest.
-        kwargs["max_tokens"] = 1
-        kwargs["min_tokens"] = min(kwargs["min_tokens"], 1)
     transfer = kv_transfer_params_for(request, role)
     if transfer is not None:
         kwargs["extra_args"] = {"kv_transfer_params": transfer}

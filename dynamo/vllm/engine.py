@@ -1,8 +1,8 @@
 """The vLLM engine adapter: our generate protocol over vLLM's `AsyncLLM`.
 
 Disaggregation (NIXL), as this adapter does it:
-- role "prefill": every request runs with max_tokens=1 and asks vLLM to keep the prompt's KV
-  blocks for a remote decode. Its last output carries `DisaggregatedParams(engine="vllm",
+- role prefill: the worker shell gives every request max_tokens=1 (dynamo.llm.disagg); the
+  adapter asks vLLM to keep the prompt's KV blocks for a remote decode. Its last output carries `DisaggregatedParams(engine="vllm",
   payload=<vLLM's kv_transfer_params>, first_token_ids=[the token it sampled])`.
 - a request carrying those params (on a decode or aggregated worker) gets the payload as vLLM's
   `kv_transfer_params`: vLLM pulls the prompt's KV over NIXL instead of computing it, recomputes
@@ -14,6 +14,7 @@ Disaggregation (NIXL), as this adapter does it:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import logging
@@ -25,6 +26,7 @@ from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from dynamo.llm.engine import EngineError, LLMEngine
+from dynamo.llm.model_card import ModelSource, Role
 from dynamo.llm.protocol import (
     DisaggregatedParams,
     EngineInfo,
@@ -37,7 +39,13 @@ from dynamo.llm.protocol import (
     KvEventKind,
     Usage,
 )
-from dynamo.vllm.args import check_role, prepare_engine_args, remove_kv_events_socket
+from dynamo.vllm.args import (
+    add_engine_args,
+    engine_args_from_namespace,
+    model_source_of,
+    prepare_engine_args,
+    remove_kv_events_socket,
+)
 from dynamo.vllm.convert import (
     ENGINE_NAME,
     finish_reason_of,
@@ -57,18 +65,40 @@ class VllmEngine(LLMEngine):
     """One vLLM AsyncLLM (its engine core runs in spawned processes)."""
 
     name = ENGINE_NAME
+    description = "Dynamo worker over the vLLM engine (AsyncLLM); every vLLM engine flag works."
 
-    def __init__(self, engine_args: AsyncEngineArgs, role: str = "agg", *,
+    def __init__(self, engine_args: AsyncEngineArgs, role: Role = Role.AGGREGATED, *,
                  configure: bool = True) -> None:
-        """`role` is "agg", "prefill" or "decode". With `configure` (the default) the role's NIXL
-        connector and a private KV-event publisher are added unless the flags already set them."""
-        self.role = check_role(role)
+        """With `configure` (the default) the role's NIXL connector and a private KV-event
+        publisher are added unless the flags already set them."""
+        super().__init__(role)
         self.engine_args = prepare_engine_args(engine_args, role) if configure else engine_args
         self._llm: AsyncLLM | None = None
         self._stats = StatsSink()
         self._kv_subscriber: KvEventSubscriber | None = None
         self._log_stats_task: asyncio.Task[None] | None = None
         self.info: EngineInfo | None = None
+
+    # --- command line ------------------------------------------------------------------------
+
+    @classmethod
+    def make_parser(cls, prog: str) -> argparse.ArgumentParser:
+        # vLLM's parser also takes --max_model_len spellings and JSON config flags (--kv-transfer-config '{...}').
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+        return FlexibleArgumentParser(prog=prog, description=cls.description)
+
+    @classmethod
+    def add_cli_args(cls, parser: argparse.ArgumentParser) -> None:
+        add_engine_args(parser)
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace, role: Role) -> VllmEngine:
+        return cls(engine_args_from_namespace(ns), role)
+
+    @property
+    def model_source(self) -> ModelSource:
+        return model_source_of(self.engine_args)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -86,7 +116,7 @@ class VllmEngine(LLMEngine):
         if not self.engine_args.disable_log_stats:
             self._log_stats_task = asyncio.create_task(self._log_stats_periodically(), name="vllm stats log")
         self.info = self._engine_info()
-        log.info("vLLM engine ready (role %s): %s", self.role, self.info)
+        log.info("vLLM engine ready (role %s): %s", self.role.value, self.info)
         return self.info
 
     async def _log_stats_periodically(self) -> None:
@@ -198,7 +228,7 @@ class VllmEngine(LLMEngine):
             completion_tokens=len(completion),
             cached_tokens=out.num_cached_tokens or 0,
         )
-        if self.role == "prefill" and out.kv_transfer_params:
+        if self.role is Role.PREFILL and out.kv_transfer_params:
             output.disaggregated_params = DisaggregatedParams(
                 engine=ENGINE_NAME, payload=dict(out.kv_transfer_params),
                 first_token_ids=list(completion))

@@ -112,7 +112,7 @@ class KvEventSubscriber:
             while self._injected:
                 yield self._injected.popleft()
             try:
-                if not await self._sock.poll(_POLL_MS, zmq.POLLIN):
+                if not await self._sock.poll(_POLL_MS):  # (POLLIN is poll's default)
                     continue
                 _topic, seq_bytes, payload = await self._sock.recv_multipart()
             except zmq.ZMQError:

@@ -12,8 +12,9 @@ platforms (see dynamo.vllm.args.configure_disaggregation); GPU nodes keep NIXL's
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
+
+from dynamo.runtime.config import EnvError, env_value, int_range
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +31,18 @@ class _BindingsWithDelay:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._bindings, name)
 
-    def nixlAgent(self, name: str, config: Any) -> Any:  # noqa: N802 (NIXL's name)
+    def nixlAgent(self, name: str, config: Any) -> Any:
         config.pthrDelay = self._delay_us
         return self._bindings.nixlAgent(name, config)
 
 
 def register() -> None:
-    raw = os.environ.get(ENV)
-    if not raw:
-        return
     try:
-        delay_us = int(raw)
-    except ValueError:
-        log.warning("ignoring %s=%r: not an integer number of microseconds", ENV, raw)
+        delay_us = env_value(ENV, int_range(0), None)
+    except EnvError as e:  # in an engine process: warn, never fail the engine for it
+        log.warning("ignoring %s", e)
+        return
+    if delay_us is None:
         return
     try:
         import nixl._api as api  # the platform build (nixl_cu12/cu13) registers itself under this name

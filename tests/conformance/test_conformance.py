@@ -7,6 +7,7 @@ gRPC interface); the checks are the same for all backends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import time
@@ -20,18 +21,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dynamo.llm import codec
 from dynamo.llm.proto import worker_pb2 as pb
 from dynamo.llm.proto import worker_pb2_grpc as pb_grpc
-from dynamo.llm.protocol import (DisaggregatedParams, FinishReason, GenerateOutput, GenerateRequest,
-                                 OutputOptions, SamplingOptions, StopConditions)
-from tests.conformance.backends import BACKENDS, BackendSpec
-from tests.hf_reference import HfReference
-from tests.worker_process import WorkerProcess
+from dynamo.llm.protocol import (
+    DisaggregatedParams,
+    FinishReason,
+    GenerateOutput,
+    GenerateRequest,
+    OutputOptions,
+    SamplingOptions,
+    StopConditions,
+)
+from tests.support.backends import BACKENDS, BackendSpec
+from tests.support.hf_reference import HfReference
+from tests.support.processes import WorkerProcess
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def _param(spec: BackendSpec) -> object:
-    marks = [pytest.mark.vllm] if spec.name == "vllm" else []
-    return pytest.param(spec, id=spec.name, marks=marks)
 
 
 def prompt(seed: int, n: int) -> list[int]:
@@ -59,7 +62,7 @@ async def start_worker(spec: BackendSpec, model: Path, discovery: Path, role: st
     return await w.ready(spec.startup_timeout)
 
 
-@pytest.fixture(scope="module", params=[_param(s) for s in BACKENDS])
+@pytest.fixture(scope="module", params=[s.param() for s in BACKENDS])
 def spec(request: pytest.FixtureRequest) -> BackendSpec:
     return request.param
 
@@ -100,8 +103,8 @@ async def test_health_and_metrics(agg: WorkerProcess, spec: BackendSpec) -> None
     _, metrics = agg.http_get("/metrics")
     assert "dynamo_worker_requests_total" in metrics and "dynamo_worker_kv_cache_blocks" in metrics
     assert "process_cpu_seconds_total" in metrics
-    if spec.name == "vllm":
-        assert "vllm:num_requests_running" in metrics, "vLLM's own metrics must be exposed too"
+    if spec.engine_metric is not None:
+        assert spec.engine_metric in metrics, "the engine's own metrics must be exposed too"
 
 
 # --- generation -----------------------------------------------------------------------------------
@@ -182,23 +185,26 @@ async def test_prefix_cache_and_kv_events(agg: WorkerProcess) -> None:
     p = prompt(5, block * 4 + 3)
     call = agg.stub().SubscribeKvEvents(pb.SubscribeRequest(), timeout=60)
     stored: list[int] = []
+    four_stored = asyncio.Event()
 
     async def collect() -> None:
-        async for batch in call:
+        while (batch := await call.read()) is not grpc.aio.EOF:
             for e in batch.events:
                 if e.kind == pb.KV_EVENT_KIND_STORED:
                     stored.extend(e.block_hashes)
+            if len(stored) >= 4:
+                four_stored.set()
 
+    first = await asyncio.wait_for(call.read(), 10)  # the subscription is live: nothing is missed from here
+    assert isinstance(first, pb.KvEventBatch) and not first.events and first.instance_id == agg.record.instance_id  # type: ignore[union-attr]
     collector = asyncio.create_task(collect())
     try:
-        await asyncio.sleep(0.2)  # let the subscription reach the worker before the events happen
         await agg.generate(req(p, max_tokens=4))
         second = await agg.generate(req(p, max_tokens=4))
         usage = second[-1].usage
         assert usage is not None and usage.cached_tokens >= block * 4 - block  # all but maybe the last full block
-        deadline = time.monotonic() + 10
-        while len(stored) < 4 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(four_stored.wait(), 10)
         assert len(stored) >= 4, f"expected STORED events for the prompt's 4 full blocks, got {stored}"
     finally:
         call.cancel()
@@ -330,7 +336,7 @@ async def cancelled_in_time(agg: WorkerProcess, scenario: Callable[[], Awaitable
     """Run a cancellation scenario (it returns how many requests it cancelled) until its cancels
     reached the worker while the requests still ran. On a starved 2-core machine a cancel can
     take longer to arrive than a 900-token request takes to finish (it did, by seconds, while the
-    worker ran in a session of its own: see tests/worker_process.py); such an attempt tested
+    worker ran in a session of its own: see tests/support/processes.py); such an attempt tested
     nothing (the request simply succeeded) and is run again. Cancels that arrive must each abort
     the engine request and count as a cancellation, or the test fails."""
     for attempt in range(1, attempts + 1):
@@ -455,6 +461,7 @@ async def disagg(spec: BackendSpec, tiny_model_dir: Path, discovery_dir: Path
     await prefill.close()
 
 
+@pytest.mark.disagg
 async def test_prefill_decode_equals_aggregated(agg: WorkerProcess, disagg: tuple[WorkerProcess, WorkerProcess],
                                                spec: BackendSpec) -> None:
     prefill, decode = disagg
@@ -469,21 +476,27 @@ async def test_prefill_decode_equals_aggregated(agg: WorkerProcess, disagg: tupl
         assert got[-1].usage is not None and got[-1].usage.prompt_tokens == n
     assert decode.metric("dynamo_worker_prefills_total", location="remote") - remote_before == len(lengths)
     assert prefill.metric("dynamo_worker_requests_total", status="success") >= len(lengths)
-    if spec.name == "vllm":
+    if spec.transfer_log is not None:
         deadline = time.monotonic() + 15
-        while "Num successful transfers" not in decode.log() and time.monotonic() < deadline:
+        while spec.transfer_log not in decode.log() and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-        assert "Num successful transfers" in decode.log(), "vLLM logged no successful NIXL transfer"
+        assert spec.transfer_log in decode.log(), f"the decode engine never logged {spec.transfer_log!r}"
 
 
+@pytest.mark.disagg
 async def test_prefill_worker_gets_one_token_requests(disagg: tuple[WorkerProcess, WorkerProcess]) -> None:
     prefill, _ = disagg
     outs = await prefill.generate(req(prompt(60, 50), max_tokens=16))
     assert len(tokens(outs)) == 1
     params = outs[-1].disaggregated_params
     assert params is not None and params.payload and params.prefill_instance_id == prefill.record.instance_id  # type: ignore[union-attr]
+    # a request that already carries a prefill result belongs on a decode worker (the shell's rule)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await prefill.generate(req(prompt(60, 50), max_tokens=4, disaggregated_params=params), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "prefill worker" in (err.value.details() or "")
 
 
+@pytest.mark.disagg
 async def test_garbage_disaggregated_params_rejected(disagg: tuple[WorkerProcess, WorkerProcess],
                                                      spec: BackendSpec) -> None:
     _, decode = disagg
@@ -495,13 +508,17 @@ async def test_garbage_disaggregated_params_rejected(disagg: tuple[WorkerProcess
     assert len(tokens(ok)) == 4
 
 
+@pytest.mark.disagg
 async def test_dead_prefill_worker_fails_decode_fast(disagg: tuple[WorkerProcess, WorkerProcess]) -> None:
     """Runs last of the disaggregation tests: it kills the prefill worker."""
     prefill, decode = disagg
     prefill.signal(signal.SIGSTOP)  # the next prefill hangs ...
     task = asyncio.create_task(decode.generate(req(prompt(62, 200), max_tokens=8), timeout=60))
-    await asyncio.sleep(1.0)
+    deadline = time.monotonic() + 20  # until the decode worker holds the request (waiting on the prefill)
+    while (await decode.stats()).inflight_requests < 1 and not task.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert not task.done(), "the decode request should be waiting on the stopped prefill worker"
+    assert (await decode.stats()).inflight_requests == 1
     t0 = time.monotonic()
     prefill.signal(signal.SIGKILL)  # ... until the prefill worker dies
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -1,76 +1,63 @@
-"""End-to-end fixtures: real frontend and worker processes sharing a file-discovery directory."""
+"""End-to-end fixtures: real frontend and worker processes sharing a file-discovery directory,
+parametrized by backend like the conformance suite (tests/support/backends.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.worker_process import REPO, WorkerProcess, free_port
+import pytest
+
+from tests.support.backends import BACKENDS, BackendSpec
+from tests.support.processes import FrontendProcess, WorkerProcess
+
+SERVED = "tiny"
 
 
-class FrontendProcess:
-    def __init__(self, discovery_dir: Path, *extra: str, namespace: str = "test") -> None:
-        self.port = free_port()
-        self.log_path = Path(tempfile.mkstemp(prefix="frontend-", suffix=".log")[1])
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(self.port),
-             "--namespace", namespace, "--discovery-backend", "file", "--discovery-dir", str(discovery_dir),
-             *extra],
-            stdout=self._log, stderr=subprocess.STDOUT, process_group=0,
-            env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except (urllib.error.URLError, ConnectionError):
-            return 0, ""
-
-    async def wait_models(self, names: set[str], timeout: float = 60) -> None:
-        """Until /v1/models lists exactly `names` and /health says the frontend can serve them."""
-        import json
-        deadline = time.monotonic() + timeout
-        got: set[str] = set()
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"frontend exited: {self.log()[-3000:]}")
-            status, body = await asyncio.to_thread(self.get, "/v1/models")
-            if status == 200:
-                got = {m["id"] for m in json.loads(body)["data"]}
-                if got == names and (not names or (await asyncio.to_thread(self.get, "/health"))[0] == 200):
-                    return
-            await asyncio.sleep(0.1)
-        raise TimeoutError(f"/v1/models listed {got}, expected {names}:\n{self.log()[-3000:]}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+async def start_worker(spec: BackendSpec, tmp: Path, model: Path, namespace: str, role: str) -> WorkerProcess:
+    reason = spec.available()
+    if reason:
+        pytest.skip(reason)
+    role_args = [] if role == "agg" else ["--disaggregation-mode", role]
+    w = WorkerProcess(spec.name, [*spec.args(model), "--served-model-name", SERVED, *role_args], tmp,
+                      namespace=namespace, env=spec.env.get(role, {}), name=f"{spec.name}-{namespace}-{role}")
+    return await w.ready(spec.startup_timeout)
 
 
-async def start_mocker(discovery_dir: Path, model: Path, *extra: str, name: str = "mocker") -> WorkerProcess:
-    w = WorkerProcess("mocker", ["--model", str(model), *extra], discovery_dir, name=name)
-    return await w.ready(60)
+@dataclass
+class Serving:
+    """A frontend over one aggregated worker, and (when the backend can) a second frontend over a
+    prefill worker + a decode worker, each in a namespace of its own."""
+
+    spec: BackendSpec
+    agg: FrontendProcess
+    workers: list[WorkerProcess]
+    disagg: FrontendProcess | None = None
+    decode: WorkerProcess | None = None
+
+
+@pytest.fixture(scope="module", params=[s.param() for s in BACKENDS])
+async def serving(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                  tiny_model_dir: Path) -> AsyncIterator[Serving]:
+    spec: BackendSpec = request.param
+    tmp = tmp_path_factory.mktemp(f"e2e-{spec.name}")
+    workers: list[WorkerProcess] = []
+    frontends: list[FrontendProcess] = []
+    try:
+        workers.append(await start_worker(spec, tmp, tiny_model_dir, "agg", "agg"))
+        frontends.append(FrontendProcess(tmp, namespace="agg"))
+        decode = None
+        if spec.disagg:
+            workers.append(await start_worker(spec, tmp, tiny_model_dir, "disagg", "prefill"))
+            decode = await start_worker(spec, tmp, tiny_model_dir, "disagg", "decode")
+            workers.append(decode)
+            frontends.append(FrontendProcess(tmp, namespace="disagg"))
+        for fe in frontends:
+            await fe.wait_models({SERVED}, timeout=120)
+        yield Serving(spec, frontends[0], workers, frontends[1] if spec.disagg else None, decode)
+    finally:
+        for fe in frontends:
+            fe.close()
+        for w in workers:
+            await w.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -10,19 +9,16 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `tests.etcd_server` when pytest is run as a script
-    sys.path.insert(0, str(REPO_ROOT))
-
-from dynamo.runtime.discovery import Discovery, open_discovery  # noqa: E402
-from tests.etcd_server import EtcdServer, etcd_available  # noqa: E402
+from dynamo.runtime.config import DiscoveryConfig
+from dynamo.runtime.discovery import Discovery, open_discovery
+from tests.support.etcd import WHY_NO_ETCD, EtcdServer, etcd_available
 
 TEST_TTL_S = 3.0
 
 
 def _need_etcd() -> None:
     if not etcd_available():
-        pytest.skip("etcd binary not found: apt-get install etcd-server to run etcd tests")
+        pytest.skip(WHY_NO_ETCD)
 
 
 @pytest.fixture(scope="session")
@@ -53,22 +49,22 @@ class DiscoveryBackend:
 
     def make_discovery(self, ttl: float = TEST_TTL_S) -> Discovery:
         """A new, not yet started handle; closed at teardown."""
-        d = open_discovery(
-            self.name,
-            discovery_dir=str(self.discovery_dir) if self.discovery_dir else None,
-            etcd_endpoints=[self.etcd.endpoint] if self.etcd else None,
-            ttl=ttl,
-        )
+        d = open_discovery(self.config(ttl))
         self.handles.append(d)
         return d
 
-    def cli_args(self) -> list[str]:
-        """Arguments selecting this backend for tests/integration/discovery_holder.py."""
-        args = ["--backend", self.name]
+    def config(self, ttl: float = TEST_TTL_S) -> DiscoveryConfig:
+        return DiscoveryConfig(backend=self.name,
+                               directory=str(self.discovery_dir) if self.discovery_dir else None,
+                               etcd_endpoints=[self.etcd.endpoint] if self.etcd else [], ttl=ttl)
+
+    def cli_args(self, ttl: float = TEST_TTL_S) -> list[str]:
+        """The discovery flags selecting this backend (tests/integration/discovery_holder.py)."""
+        args = ["--discovery-backend", self.name, "--discovery-ttl", str(ttl)]
         if self.discovery_dir:
             args += ["--discovery-dir", str(self.discovery_dir)]
         if self.etcd:
-            args += ["--etcd-endpoint", self.etcd.endpoint]
+            args += ["--etcd-endpoints", self.etcd.endpoint]
         return args
 
 

@@ -1,6 +1,7 @@
 """Holds one discovery key until killed: the stand-in for a worker in discovery tests.
 
-    python tests/integration/discovery_holder.py --backend file --discovery-dir D --key K
+    python tests/integration/discovery_holder.py --discovery-backend file --discovery-dir D --key K
+(the discovery flags are every process's: dynamo.runtime.config.add_discovery_args)
 Puts K (value: this process's pid), prints "READY <pid>", then waits. SIGTERM/SIGINT: close()
 (removes the key at once) and exit 0.
 """
@@ -16,13 +17,11 @@ import sys
 
 
 async def main() -> int:
+    from dynamo.runtime.config import DiscoveryConfig, add_discovery_args
     from dynamo.runtime.discovery import open_discovery
 
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--backend", required=True, choices=["file", "etcd"])
-    p.add_argument("--discovery-dir")
-    p.add_argument("--etcd-endpoint", action="append")
-    p.add_argument("--ttl", type=float, default=3.0)
+    add_discovery_args(p, namespace=False)
     p.add_argument("--key", required=True)
     args = p.parse_args()
 
@@ -31,8 +30,7 @@ async def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    discovery = open_discovery(args.backend, discovery_dir=args.discovery_dir,
-                               etcd_endpoints=args.etcd_endpoint, ttl=args.ttl)
+    discovery = open_discovery(DiscoveryConfig.from_args(args))
     async with discovery:
         await discovery.put(args.key, str(os.getpid()).encode())
         print(f"READY {os.getpid()}", flush=True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from dynamo.runtime.config import DiscoveryConfig, EnvError
 from dynamo.runtime.discovery import (
     Discovery,
     DiscoveryError,
@@ -26,7 +27,8 @@ from dynamo.runtime.discovery import (
     default_discovery_dir,
     open_discovery,
 )
-from tests.etcd_server import EtcdServer, free_port
+from tests.support.etcd import EtcdServer
+from tests.support.ports import free_port
 
 if TYPE_CHECKING:
     from conftest import DiscoveryBackend
@@ -128,7 +130,7 @@ class Holder:
     async def start(self, timeout: float = 20.0) -> int:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(HOLDER), *self.backend.cli_args(), "--ttl", str(TEST_TTL_S), "--key", self.key,
+            sys.executable, str(HOLDER), *self.backend.cli_args(TEST_TTL_S), "--key", self.key,
             stdout=subprocess.PIPE, env=env, cwd=REPO_ROOT,
         )
         assert self.proc.stdout is not None
@@ -330,7 +332,7 @@ async def test_etcd_watch_survives_arbitrary_bytes(etcd_server: EtcdServer, capl
     from etcd3aio import Etcd3Client
 
     caplog.set_level(logging.WARNING, logger="dynamo.runtime.discovery")
-    reader = open_discovery("etcd", etcd_endpoints=[etcd_server.endpoint], ttl=TEST_TTL_S)
+    reader = open_discovery(DiscoveryConfig(backend="etcd", etcd_endpoints=[etcd_server.endpoint], ttl=TEST_TTL_S))
     async with reader, Etcd3Client([etcd_server.endpoint]) as raw, watching(reader, "garbage/") as w:
         junk = bytes(range(256))
         await raw.kv.put(b"garbage/\xff\xfe-not-utf8", b"x", timeout=5)  # a key we cannot decode
@@ -377,7 +379,7 @@ def test_open_discovery_defaults_and_env(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("DYN_DISCOVERY_TTL", "4.5")
     d = open_discovery()
     assert isinstance(d, FileDiscovery) and d.root == tmp_path / "kv" and d.ttl == 4.5
-    d = open_discovery("file", discovery_dir=str(tmp_path / "arg"), ttl=2)
+    d = open_discovery(DiscoveryConfig(backend="file", directory=str(tmp_path / "arg"), ttl=2))
     assert isinstance(d, FileDiscovery) and d.root == tmp_path / "arg" and d.ttl == 2
 
     monkeypatch.setenv("DYN_DISCOVERY_BACKEND", "etcd")
@@ -388,10 +390,14 @@ def test_open_discovery_defaults_and_env(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert open_discovery().endpoints == ["127.0.0.1:2379"]  # type: ignore[attr-defined]
 
     with pytest.raises(ValueError, match="unknown discovery backend 'zk'"):
-        open_discovery("zk")
+        open_discovery(DiscoveryConfig(backend="zk"))
+    monkeypatch.setenv("DYN_DISCOVERY_BACKEND", "zk")
+    with pytest.raises(EnvError, match="DYN_DISCOVERY_BACKEND='zk'.*file, etcd"):
+        open_discovery()
+    monkeypatch.setenv("DYN_DISCOVERY_BACKEND", "file")
     monkeypatch.setenv("DYN_DISCOVERY_TTL", "soon")
-    with pytest.raises(ValueError, match="DYN_DISCOVERY_TTL"):
-        open_discovery("file")
+    with pytest.raises(EnvError, match="DYN_DISCOVERY_TTL"):
+        open_discovery()
 
 
 def test_importing_discovery_does_not_import_etcd_client() -> None:

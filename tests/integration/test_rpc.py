@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dynamo.runtime.config import RuntimeConfig
+from dynamo.runtime.config import DiscoveryConfig, RuntimeConfig
 from dynamo.runtime.discovery.records import InstanceRecord, InstanceWatcher
 from dynamo.runtime.identity import EndpointAddress
 from dynamo.runtime.rpc.client import EndpointClient, InstanceUnreachableError, NoInstancesError
@@ -29,12 +29,17 @@ ECHO_WORKER = Path(__file__).with_name("echo_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 
 
+
+def echo_config(discovery_dir: str, **kw: object) -> RuntimeConfig:
+    """A runtime in the echo namespace on a file-discovery directory with a 3 s TTL."""
+    return RuntimeConfig(namespace=ECHO.namespace, discovery=DiscoveryConfig(directory=discovery_dir, ttl=3),
+                         **kw)  # type: ignore[arg-type]
+
 class EchoServer:
     """An in-process runtime serving /test.Echo/Count; records calls and cancellations."""
 
     def __init__(self, discovery_dir: Path, local_socket: str = "auto") -> None:
-        self.runtime = DistributedRuntime(RuntimeConfig(namespace=ECHO.namespace, discovery_dir=str(discovery_dir),
-                                                        discovery_ttl=3, grpc_host="127.0.0.1",
+        self.runtime = DistributedRuntime(echo_config(str(discovery_dir), grpc_host="127.0.0.1",
                                                         advertise_host="127.0.0.1",
                                                         grpc_local_socket=local_socket))
         self.calls = 0
@@ -79,10 +84,9 @@ def stream(client: EndpointClient, payload: bytes, **kw: object) -> AsyncIterato
 @pytest.fixture
 async def two_servers(tmp_path: Path) -> AsyncIterator[tuple[list[EchoServer], EndpointClient, DistributedRuntime]]:
     servers = [await EchoServer(tmp_path).start() for _ in range(2)]
-    caller = DistributedRuntime(RuntimeConfig(namespace=ECHO.namespace, discovery_dir=str(tmp_path),
-                                              discovery_ttl=3))
+    caller = DistributedRuntime(echo_config(str(tmp_path)))
     await caller.start()
-    client = await caller.client(ECHO, "round-robin")
+    client = await caller.client(ECHO)
     await client.wait_for_instances(5)
     assert await client.watcher.wait_for(lambda inst: len(inst) == 2, 5)
     yield servers, client, caller
@@ -102,13 +106,13 @@ async def test_round_robin_alternates(two_servers) -> None:  # type: ignore[no-u
     assert [s.calls for s in servers] == [3, 3]
 
 
-async def test_direct_and_random_choice(two_servers) -> None:  # type: ignore[no-untyped-def]
+async def test_direct_choice(two_servers) -> None:  # type: ignore[no-untyped-def]
     servers, client, _ = two_servers
     target = servers[1].instance_id
     for _ in range(3):
         msgs = [m async for m in stream(client, b"1,0", instance_id=target, timeout=5)]
         assert msgs[0].decode().startswith(target)
-    picks = {client.select(policy="random").instance_id for _ in range(50)}
+    picks = {client.select().instance_id for _ in range(4)}  # round-robin without a policy of the caller's
     assert picks == {s.instance_id for s in servers}
     with pytest.raises(NoInstancesError, match="not registered"):
         client.select(instance_id="ffffffffffffffff")
@@ -151,7 +155,7 @@ async def test_cancel_by_task_cancellation(two_servers) -> None:  # type: ignore
 
 
 async def test_unreachable_instance_names_it(tmp_path: Path) -> None:
-    rt = DistributedRuntime(RuntimeConfig(namespace=ECHO.namespace, discovery_dir=str(tmp_path), discovery_ttl=3))
+    rt = DistributedRuntime(echo_config(str(tmp_path)))
     await rt.start()
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
@@ -170,7 +174,7 @@ async def test_unreachable_instance_names_it(tmp_path: Path) -> None:
 
 
 async def test_no_instances_error_after_wait(tmp_path: Path) -> None:
-    rt = DistributedRuntime(RuntimeConfig(namespace=ECHO.namespace, discovery_dir=str(tmp_path), discovery_ttl=3))
+    rt = DistributedRuntime(echo_config(str(tmp_path)))
     await rt.start()
     client = await rt.client(ECHO)
     t0 = time.monotonic()
@@ -184,7 +188,7 @@ async def test_no_instances_error_after_wait(tmp_path: Path) -> None:
 
 async def test_garbage_records_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     server = await EchoServer(tmp_path).start()
-    rt = DistributedRuntime(RuntimeConfig(namespace=ECHO.namespace, discovery_dir=str(tmp_path), discovery_ttl=3))
+    rt = DistributedRuntime(echo_config(str(tmp_path)))
     await rt.start()
     for i, junk in enumerate([b"\x00\xffgarbage", b'{"namespace": "rpctest"', b"[1,2,3]",
                               b'{"namespace":"rpctest","component":"echo","endpoint":"count",'
@@ -249,7 +253,7 @@ async def test_health_not_serving_until_ready(tmp_path: Path) -> None:
 
 async def test_sigterm_drains_in_flight_streams(tmp_path: Path) -> None:
     proc = start_echo_worker(tmp_path)
-    rt = DistributedRuntime(RuntimeConfig(namespace=ECHO.namespace, discovery_dir=str(tmp_path), discovery_ttl=3))
+    rt = DistributedRuntime(echo_config(str(tmp_path)))
     await rt.start()
     try:
         _, instance_id, port = await read_line(proc, "READY")
@@ -291,8 +295,7 @@ async def test_sigterm_drains_in_flight_streams(tmp_path: Path) -> None:
 async def test_drain_lets_finished_calls_send_their_status(tmp_path: Path) -> None:
     """A handler leaves the tracked part before grpc sends its final status (here: it returns a
     moment later). The drain must not cancel such a call: its client gets every message and OK."""
-    rt = DistributedRuntime(RuntimeConfig(namespace=ECHO.namespace, discovery_dir=str(tmp_path),
-                                          discovery_ttl=3, grpc_host="127.0.0.1", advertise_host="127.0.0.1",
+    rt = DistributedRuntime(echo_config(str(tmp_path), grpc_host="127.0.0.1", advertise_host="127.0.0.1",
                                           grpc_local_socket="off"))
     left_tracking = asyncio.Event()
 
@@ -340,8 +343,7 @@ async def test_server_reflection_lists_services(two_servers) -> None:  # type: i
 @pytest.mark.parametrize("setting", ["auto", "off"])
 async def test_a_client_on_this_machine_uses_the_local_socket(tmp_path: Path, setting: str) -> None:
     server = await EchoServer(tmp_path / "discovery", local_socket=setting).start()
-    caller = DistributedRuntime(RuntimeConfig(namespace=ECHO.namespace, discovery_dir=str(tmp_path / "discovery"),
-                                              discovery_ttl=3))
+    caller = DistributedRuntime(echo_config(str(tmp_path / "discovery")))
     await caller.start()
     try:
         client = await caller.client(ECHO)

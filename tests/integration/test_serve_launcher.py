@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.worker_process import REPO, free_port
+from tests.support.ports import free_port
+from tests.support.processes import REPO
 
 
 @pytest.mark.timeout(180)

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from dynamo.llm.protocol import GenerateRequest, StopConditions
-from tests.worker_process import WorkerProcess
+from tests.support.processes import WorkerProcess
 
 pytestmark = pytest.mark.timeout(180)
 

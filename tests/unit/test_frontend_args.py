@@ -10,7 +10,7 @@ from dynamo.frontend.args import FrontendConfig, parse_args
 def test_defaults() -> None:
     assert parse_args([], env={}) == FrontendConfig()
     c = FrontendConfig()
-    assert (c.http_host, c.http_port, c.namespace, c.discovery_backend, c.router_mode,
+    assert (c.http_host, c.http_port, c.namespace, c.discovery.backend, c.router_mode,
             c.migration_limit, c.api_key) == ("0.0.0.0", 8000, "dynamo", "file", "round-robin",
                                               0, None)
 
@@ -21,8 +21,8 @@ def test_env_then_flag_precedence() -> None:
            "ETCD_ENDPOINTS": "http://e:2379", "DYN_FILE_KV": "/d"}
     c = parse_args([], env=env)
     assert (c.http_port, c.namespace, c.router_mode, c.migration_limit, c.api_key,
-            c.discovery_backend, c.etcd_endpoints, c.discovery_dir) == (
-        9001, "prod", "random", 3, "k", "etcd", "http://e:2379", "/d")
+            c.discovery.backend, c.discovery.etcd_endpoints, c.discovery.directory) == (
+        9001, "prod", "random", 3, "k", "etcd", ["http://e:2379"], "/d")
     c = parse_args(["--http-port", "9002", "--namespace", "dev", "--router-mode",
                     "least-loaded", "--migration-limit", "1", "--api-key", "flag-key"], env=env)
     assert (c.http_port, c.namespace, c.router_mode, c.migration_limit, c.api_key) == (
@@ -38,13 +38,17 @@ def test_env_then_flag_precedence() -> None:
     (["--max-inflight-per-worker", "-1"], {}),
     (["--discovery-backend", "zookeeper"], {}),
     ([], {"DYN_GENERATE_TRANSPORT": "carrier-pigeon"}),
+    ([], {"DYN_LOG": "chatty"}),
+    ([], {"DYN_DISCOVERY_TTL": "-1"}),
 ])
 def test_bad_values_exit_with_a_message(argv: list[str], env: dict[str, str],
                                         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         parse_args(argv, env=env)
     message = capsys.readouterr().err + str(info.value.code)
-    assert any(w in message for w in ("fastest", "eighty", "70000", "-1", "zookeeper", "carrier-pigeon"))
+    assert any(w in message for w in ("fastest", "eighty", "70000", "-1", "zookeeper", "carrier-pigeon", "chatty"))
+    if env:  # a bad variable is named in the message
+        assert next(iter(env)) in message
 
 
 def test_request_transport() -> None:
@@ -52,3 +56,13 @@ def test_request_transport() -> None:
     assert parse_args([], env={"DYN_GENERATE_TRANSPORT": "unary"}).request_transport == "unary"
     assert parse_args(["--request-transport", "stream"], env={"DYN_GENERATE_TRANSPORT": "unary"}
                       ).request_transport == "stream"
+
+
+def test_help_names_each_variable_and_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--help"], env={})
+    text = " ".join(capsys.readouterr().out.split())
+    for var in ("DYN_ROUTER_MODE", "DYN_HTTP_PORT", "DYN_NAMESPACE", "DYN_DISCOVERY_BACKEND", "ETCD_ENDPOINTS",
+                "DYN_GENERATE_TRANSPORT", "DYN_LOG", "DYN_MIGRATION_LIMIT"):
+        assert f"env {var}" in text, var
+    assert "default: round-robin" in text and "default: 8000" in text

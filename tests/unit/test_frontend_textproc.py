@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from dynamo.frontend.backend import WorkerFailed
-from dynamo.frontend.detokenize import (DecodeStream, PrefixOffsetDetokenizer, StreamDetokenizer,
-                                        make_detokenizer)
+from dynamo.frontend.detokenize import Detokenizer, make_detokenizer
 from dynamo.frontend.postprocess import OutputProcessor
 from dynamo.frontend.stop import StopStringMatcher
 from dynamo.frontend.tokenizer import ModelTokenizer
@@ -33,13 +32,16 @@ def tok(model_dir: Path) -> ModelTokenizer:
     return ModelTokenizer(hf=AutoTokenizer.from_pretrained(str(model_dir)), chat_template=None)
 
 
-def _detokenizers(tok: ModelTokenizer, skip: bool) -> list:
-    return [StreamDetokenizer(tok.fast, tok.hf, skip), PrefixOffsetDetokenizer(tok.hf, skip)]
+def _detokenizers(tok: ModelTokenizer, skip: bool) -> list[Detokenizer]:
+    return [Detokenizer(tok.fast, tok.hf, skip)]
 
 
-def test_decode_stream_is_available() -> None:
-    # tokenizers >= 0.21 is what we run on; the fallback exists for older installs only.
-    assert DecodeStream is not None
+def test_slow_tokenizer_is_refused_with_a_clear_error(model_dir: Path) -> None:
+    class Slow:  # a transformers tokenizer without a tokenizers backend
+        pass
+
+    with pytest.raises(ValueError, match="slow .* tokenizer"):
+        ModelTokenizer(hf=Slow(), chat_template=None)
 
 
 @pytest.mark.parametrize("skip", [True, False])

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from dynamo.llm.disagg import prefill_request
+from dynamo.llm.model_card import Role
 from dynamo.llm.protocol import (
     DisaggregatedParams,
     FinishReason,
@@ -22,6 +24,8 @@ from dynamo.llm.protocol import (
     SamplingOptions,
     StopConditions,
 )
+from dynamo.llm.worker.handlers import PrefillHandler
+from dynamo.llm.worker.metrics import WorkerMetrics
 from dynamo.mocker.args import MockerConfig
 from dynamo.mocker.engine import MockerEngine
 from dynamo.mocker.sequence import block_hashes
@@ -49,7 +53,7 @@ async def collect(engine: MockerEngine, req: GenerateRequest) -> tuple[list[int]
 
 @pytest.fixture
 async def engines() -> AsyncIterator[tuple[MockerEngine, MockerEngine, MockerEngine]]:
-    agg, prefill, decode = (MockerEngine(config(), role=r) for r in ("agg", "prefill", "decode"))
+    agg, prefill, decode = (MockerEngine(config(), role=r) for r in (Role.AGGREGATED, Role.PREFILL, Role.DECODE))
     for e in (agg, prefill, decode):
         await e.start()
     yield agg, prefill, decode
@@ -93,11 +97,18 @@ async def test_prefill_then_decode_equals_aggregated(
     assert first_event.block_hashes == block_hashes(PROMPT, BS)
 
 
+def prefill_shell(engine: MockerEngine) -> PrefillHandler:
+    """The worker shell's prefill role over the engine (where the prefill rules live)."""
+    return PrefillHandler(engine, WorkerMetrics(CollectorRegistry(), "m", "prefill").bind(), "instance-p")
+
+
 async def test_prefill_worker_caps_output_at_one_token(
         engines: tuple[MockerEngine, MockerEngine, MockerEngine]) -> None:
     _, prefill_engine, _ = engines
-    tokens, last = await collect(prefill_engine, request("p", 50))  # even if nobody set max_tokens=1
-    assert len(tokens) == 1 and last.disaggregated_params is not None
+    outs = [o async for o in prefill_shell(prefill_engine).generate(request("p", 50))]  # asked for 50
+    assert sum(len(o.token_ids) for o in outs) == 1
+    last = outs[-1]
+    assert last.disaggregated_params is not None and last.disaggregated_params.prefill_instance_id == "instance-p"
     assert last.usage is not None and last.usage.completion_tokens == 1
 
 
@@ -180,6 +191,7 @@ async def test_bad_params_are_refused_with_a_reason(
     with pytest.raises(InvalidRequest, match="another prompt"):
         await collect(decode, GenerateRequest("d", PROMPT[:-1], stop=StopConditions(max_tokens=5),
                                               disaggregated_params=good))
-    with pytest.raises(InvalidRequest, match="prefill worker"):
-        await collect(prefill_engine, request("p2", 1, good))
+    with pytest.raises(InvalidRequest, match="prefill worker"):  # the shell refuses it before the engine
+        [o async for o in prefill_shell(prefill_engine).generate(request("p2", 1, good))]
+    assert prefill_engine.num_unfinished_requests() == 0
     assert decode.num_unfinished_requests() == 0

@@ -6,6 +6,7 @@ import asyncio
 import statistics
 import time
 
+from dynamo.llm.model_card import Role
 from dynamo.llm.protocol import GenerateRequest, StopConditions
 from dynamo.mocker.args import MockerConfig, TimingModel
 from dynamo.mocker.engine import MockerEngine
@@ -66,7 +67,7 @@ async def test_itl_grows_with_batch_size() -> None:
 async def test_kv_transfer_time_delays_decode_first_token() -> None:
     # 100 prompt tokens x 1 MB at 1 GB/s = 0.1 s of simulated transfer
     cfg = config(kv_bytes_per_token=1_000_000, kv_transfer_bandwidth=1.0)
-    prefill, decode = MockerEngine(cfg, role="prefill"), MockerEngine(cfg, role="decode")
+    prefill, decode = MockerEngine(cfg, role=Role.PREFILL), MockerEngine(cfg, role=Role.DECODE)
     await prefill.start()
     await decode.start()
     try:

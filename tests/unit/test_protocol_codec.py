@@ -8,9 +8,20 @@ import pytest
 
 from dynamo.llm import codec
 from dynamo.llm.proto import worker_pb2 as pb
-from dynamo.llm.protocol import (DisaggregatedParams, FinishReason, GenerateOutput, GenerateRequest,
-                                 InvalidRequest, KvEvent, KvEventKind, OutputOptions, SamplingOptions,
-                                 StopConditions, TokenLogprob, Usage)
+from dynamo.llm.protocol import (
+    DisaggregatedParams,
+    FinishReason,
+    GenerateOutput,
+    GenerateRequest,
+    InvalidRequest,
+    KvEvent,
+    KvEventKind,
+    OutputOptions,
+    SamplingOptions,
+    StopConditions,
+    TokenLogprob,
+    Usage,
+)
 from dynamo.runtime.identity import EndpointAddress
 
 

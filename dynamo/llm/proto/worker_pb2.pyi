@@ -237,12 +237,14 @@ class KvEvent(_message.Message):
     def __init__(self, event_id: _Optional[int] = ..., kind: _Optional[_Union[KvEventKind, str]] = ..., block_hashes: _Optional[_Iterable[int]] = ..., parent_hash: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., block_size: _Optional[int] = ...) -> None: ...
 
 class KvEventBatch(_message.Message):
-    __slots__ = ("instance_id", "events")
+    __slots__ = ("instance_id", "events", "next_event_id")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     events: _containers.RepeatedCompositeFieldContainer[KvEvent]
-    def __init__(self, instance_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[KvEvent, _Mapping]]] = ...) -> None: ...
+    next_event_id: int
+    def __init__(self, instance_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[KvEvent, _Mapping]]] = ..., next_event_id: _Optional[int] = ...) -> None: ...
 
 class WorkerStats(_message.Message):
     __slots__ = ("instance_id", "running_requests", "waiting_requests", "kv_usage", "kv_total_blocks", "kv_active_blocks", "inflight_requests", "unfinished_requests")

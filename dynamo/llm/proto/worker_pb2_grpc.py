@@ -109,7 +109,9 @@ class WorkerServicer:
 
     def SubscribeKvEvents(self, request, context):
         """The engine's KV cache events (blocks stored / removed / cache cleared), from now on, for
-        KV-aware routers. A slow subscriber loses the oldest events; `event_id` shows the gap.
+        KV-aware routers. The first batch comes at once and holds no events: the subscription is live
+        and its `next_event_id` is where it starts. A slow subscriber loses the oldest events;
+        `event_id` shows the gap.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

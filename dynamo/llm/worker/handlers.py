@@ -6,13 +6,13 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
-from dynamo.llm.disagg import prefill_request, remote_prefill
+from dynamo.llm.disagg import check_prefill_input, prefill_request, remote_prefill, stamp_prefill_output
 from dynamo.llm.engine import LLMEngine
 from dynamo.llm.errors import NoWorkersError, PrefillError
 from dynamo.llm.model_card import Role
 from dynamo.llm.protocol import GenerateOutput, GenerateRequest
 from dynamo.llm.worker.metrics import BoundWorkerMetrics
-from dynamo.runtime.rpc.client import EndpointClient
+from dynamo.llm.worker_group import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +29,17 @@ class RequestHandler:
 
 
 class PrefillHandler(RequestHandler):
-    """Prefill: compute the prompt's KV, produce one token and the params a decode worker needs."""
+    """Prefill: compute the prompt's KV, produce one token and the params a decode worker needs
+    (the rules are dynamo.llm.disagg's; the engine only translates)."""
 
     def __init__(self, engine: LLMEngine, metrics: BoundWorkerMetrics, instance_id: str) -> None:
         super().__init__(engine, metrics)
         self.instance_id = instance_id
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:  # type: ignore[override]
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        check_prefill_input(request)
         async for out in self.engine.generate(prefill_request(request)):
-            if out.disaggregated_params is not None and not out.disaggregated_params.prefill_instance_id:
-                out.disaggregated_params.prefill_instance_id = self.instance_id
-            yield out
+            yield stamp_prefill_output(out, self.instance_id)
 
 
 class DecodeHandler(RequestHandler):
@@ -47,7 +47,7 @@ class DecodeHandler(RequestHandler):
     is prefilled remotely first (when a prefill worker exists and the prompt is long enough), or
     locally, which is logged and counted, never silent."""
 
-    def __init__(self, engine: LLMEngine, metrics: BoundWorkerMetrics, prefill: EndpointClient | None,
+    def __init__(self, engine: LLMEngine, metrics: BoundWorkerMetrics, prefill: WorkerGroup | None,
                  *, max_local_prefill_length: int, prefill_timeout: float, fallback_local: bool) -> None:
         super().__init__(engine, metrics)
         self.prefill = prefill
@@ -55,7 +55,7 @@ class DecodeHandler(RequestHandler):
         self.prefill_timeout = prefill_timeout
         self.fallback_local = fallback_local
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:  # type: ignore[override]
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
         if request.disaggregated_params is None:
             request = await self._prefill(request)
         else:
@@ -88,7 +88,7 @@ class DecodeHandler(RequestHandler):
 
 
 def make_handler(role: Role, engine: LLMEngine, metrics: BoundWorkerMetrics, instance_id: str,
-                 prefill: EndpointClient | None, *, max_local_prefill_length: int = 0,
+                 prefill: WorkerGroup | None, *, max_local_prefill_length: int = 0,
                  prefill_timeout: float = 30.0, fallback_local: bool = False) -> RequestHandler:
     if role is Role.PREFILL:
         return PrefillHandler(engine, metrics, instance_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from dynamo.llm.protocol import KvEvent
 
@@ -35,6 +35,10 @@ class KvEventRelay:
         except Exception:
             log.exception("KV event source failed; no more KV events from this worker")
 
+    @property
+    def next_event_id(self) -> int:
+        return self._next_id
+
     def publish(self, event: KvEvent) -> None:
         event.event_id = self._next_id
         self._next_id += 1
@@ -44,7 +48,7 @@ class KvEventRelay:
             q.put_nowait(event)
 
     @contextlib.contextmanager
-    def subscribe(self):  # type: ignore[no-untyped-def]
+    def subscribe(self) -> Iterator[asyncio.Queue[KvEvent]]:
         q: asyncio.Queue[KvEvent] = asyncio.Queue(self._queue_size)
         self._subscribers.add(q)
         try:

@@ -1,47 +1,48 @@
-"""Wiring of a worker process: runtime + engine + gRPC service + registration + lifecycle."""
+"""Wiring of a worker process: runtime + engine + gRPC service + registration + lifecycle.
+
+`serve_engine(EngineClass)` is the whole `main` of a backend: it parses the engine's own flags
+and the shared worker flags, builds the engine, and serves it until SIGTERM.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
-import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from dynamo.llm.engine import LLMEngine
-from dynamo.llm.model_card import ModelCard, Role
+from dynamo.llm.model_card import ModelCard, ModelSource, Role
 from dynamo.llm.model_pool import ModelPool
 from dynamo.llm.proto import worker_pb2_grpc as pb_grpc
 from dynamo.llm.protocol import EngineInfo, GenerateRequest, StopConditions
-from dynamo.llm.worker.args import WorkerConfig
+from dynamo.llm.worker.args import WorkerConfig, add_worker_args
 from dynamo.llm.worker.handlers import make_handler
 from dynamo.llm.worker.metrics import BoundWorkerMetrics, WorkerMetrics
 from dynamo.llm.worker.servicer import SERVICE_NAME, WorkerServicer
+from dynamo.runtime.config import setup_logging
 from dynamo.runtime.gc_heap import freeze_startup_heap
 from dynamo.runtime.runtime import DistributedRuntime
 
 log = logging.getLogger("dynamo.worker")
 
 
-@dataclass
-class ModelSource:
-    """What the backend knows about its model before the engine starts."""
-
-    served_model_name: str
-    model_path: str
-    tokenizer: str | None = None
-    chat_template: str | None = None
-
-
-def setup_logging() -> None:
-    level = os.environ.get("DYN_LOG", "INFO").upper()
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def serve_engine(engine_class: type[LLMEngine], argv: Sequence[str] | None = None) -> int:
+    """`python -m dynamo.<backend>`: parse flags, build the engine, serve it; the exit code."""
+    parser = engine_class.make_parser(f"python -m dynamo.{engine_class.name}")
+    engine_class.add_cli_args(parser)
+    add_worker_args(parser)
+    ns = parser.parse_args(argv)
+    try:
+        config = WorkerConfig.from_args(ns)
+        engine = engine_class.from_cli_args(ns, config.role)
+    except ValueError as e:  # contradicting flags, or a setting the role's configuration cannot use
+        parser.error(str(e))
+    return run_worker(engine, config)
 
 
-def run_worker(engine: LLMEngine, config: WorkerConfig, source: ModelSource) -> int:
+def run_worker(engine: LLMEngine, config: WorkerConfig) -> int:
     """Run a worker until SIGTERM/SIGINT; returns the process exit code."""
     setup_logging()
     try:
@@ -49,7 +50,7 @@ def run_worker(engine: LLMEngine, config: WorkerConfig, source: ModelSource) -> 
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(_serve(engine, config, source))
+    return asyncio.run(_serve(engine, config))
 
 
 def build_card(source: ModelSource, info: EngineInfo, role: Role, engine_name: str) -> ModelCard:
@@ -60,7 +61,8 @@ def build_card(source: ModelSource, info: EngineInfo, role: Role, engine_name: s
                      eos_token_ids=list(info.eos_token_ids))
 
 
-async def _serve(engine: LLMEngine, config: WorkerConfig, source: ModelSource) -> int:
+async def _serve(engine: LLMEngine, config: WorkerConfig) -> int:
+    source = engine.model_source
     runtime = DistributedRuntime(config.runtime)
     runtime.install_signal_handlers()
     metrics = WorkerMetrics(runtime.registry, source.served_model_name, config.role.value).bind()
@@ -86,14 +88,14 @@ async def _serve(engine: LLMEngine, config: WorkerConfig, source: ModelSource) -
         info = starting.result()
         engine_started = True
         card = build_card(source, info, config.role, engine.name)
-        prefill_client = None
+        prefill_group = None
         if config.role is Role.DECODE:
-            pool = ModelPool(runtime.discovery, config.runtime.namespace)
+            pool = ModelPool(runtime.discovery, config.runtime.namespace, config.request_transport)
             await pool.start()
-            prefill_client = pool.client(source.served_model_name, (Role.PREFILL,))
+            prefill_group = pool.group(source.served_model_name, (Role.PREFILL,))
         record = await runtime.register(config.address, {"model_card": card.to_dict(),
                                                          "role": config.role.value})
-        handler = make_handler(config.role, engine, metrics, record.instance_id, prefill_client,
+        handler = make_handler(config.role, engine, metrics, record.instance_id, prefill_group,
                                max_local_prefill_length=config.max_local_prefill_length,
                                prefill_timeout=config.prefill_timeout,
                                fallback_local=config.prefill_fallback_local)
@@ -112,7 +114,7 @@ async def _serve(engine: LLMEngine, config: WorkerConfig, source: ModelSource) -
         log.info("serving %s (%s, role %s) as %s instance %s at %s; discovery %s%s",
                  source.served_model_name, engine.name, config.role.value, config.address,
                  record.instance_id, record.target + (f" and {record.local_socket}" if record.local_socket else ""),
-                 config.runtime.discovery_backend,
+                 config.runtime.discovery.backend,
                  f"; system port {runtime.system_port}" if runtime.system_port is not None else "")
         await runtime.wait_for_shutdown()
         return 0

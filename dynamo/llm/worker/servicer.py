@@ -156,25 +156,31 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                             ) -> pb.ClearKvBlocksResponse:
         if self._engine is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is starting")
-        await self._engine.clear_kv_blocks()  # type: ignore[union-attr]
+        assert self._engine is not None  # abort() raised otherwise
+        await self._engine.clear_kv_blocks()
         return pb.ClearKvBlocksResponse()
 
     async def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext
                         ) -> pb.ModelInfoResponse:
         if self._card is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is starting")
-        return pb.ModelInfoResponse(model_card_json=self._card.to_json(),  # type: ignore[union-attr]
-                                    instance_id=self.instance_id)
+        assert self._card is not None  # abort() raised otherwise
+        return pb.ModelInfoResponse(model_card_json=self._card.to_json(), instance_id=self.instance_id)
 
     async def SubscribeKvEvents(self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
                                 ) -> None:
         with self._relay.subscribe() as queue:
+            # Subscribed before this first (empty) batch goes out: the client knows from here on
+            # it misses nothing, and from which event id.
+            await context.write(pb.KvEventBatch(instance_id=self.instance_id,
+                                                next_event_id=self._relay.next_event_id))
             while True:
                 event = await queue.get()
                 batch = pb.KvEventBatch(instance_id=self.instance_id)
                 codec.kv_event_to_pb(event, batch.events.add())
                 while not queue.empty() and len(batch.events) < 256:
                     codec.kv_event_to_pb(queue.get_nowait(), batch.events.add())
+                batch.next_event_id = self._relay.next_event_id
                 await context.write(batch)
 
     async def SubscribeStats(self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext) -> None:

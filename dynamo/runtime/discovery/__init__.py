@@ -1,8 +1,9 @@
 """Discovery: register keys with a lease, list a prefix, watch a prefix.
 
-`open_discovery()` picks the backend from arguments, then `DYN_*` environment variables, then
-defaults. The etcd backend (and its gRPC client) is imported only when chosen, so importing this
-package stays cheap.
+`open_discovery(config)` opens the configured backend; without a config it takes the one the
+environment describes (`DiscoveryConfig.from_env()`: DYN_DISCOVERY_BACKEND, DYN_FILE_KV,
+ETCD_ENDPOINTS, DYN_DISCOVERY_TTL). The etcd backend (and its gRPC client) is imported only when
+chosen, so importing this package stays cheap.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dynamo.runtime.config import DISCOVERY_BACKENDS, DiscoveryConfig
+
 from .base import Discovery, DiscoveryError, WatchEvent, WatchEventType
 from .file import FileDiscovery
 
@@ -18,8 +21,9 @@ if TYPE_CHECKING:
     from .etcd import EtcdDiscovery
 
 __all__ = [
-    "BACKENDS",
+    "DISCOVERY_BACKENDS",
     "Discovery",
+    "DiscoveryConfig",
     "DiscoveryError",
     "EtcdDiscovery",
     "FileDiscovery",
@@ -29,48 +33,21 @@ __all__ = [
     "open_discovery",
 ]
 
-BACKENDS = ("file", "etcd")
-DEFAULT_TTL_S = 10.0
-DEFAULT_ETCD_ENDPOINT = "127.0.0.1:2379"
-
 
 def default_discovery_dir() -> Path:
-    """`$DYN_FILE_KV`, else `$XDG_CACHE_HOME/dynamo/discovery`, else `~/.cache/dynamo/discovery`."""
-    if env := os.environ.get("DYN_FILE_KV"):
-        return Path(env).expanduser()
+    """`$XDG_CACHE_HOME/dynamo/discovery`, else `~/.cache/dynamo/discovery` (DYN_FILE_KV, read by
+    DiscoveryConfig, overrides it)."""
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache).expanduser() / "dynamo" / "discovery"
 
 
-def _ttl_from_env() -> float:
-    raw = os.environ.get("DYN_DISCOVERY_TTL")
-    if not raw:
-        return DEFAULT_TTL_S
-    try:
-        ttl = float(raw)
-    except ValueError:
-        raise ValueError(f"DYN_DISCOVERY_TTL={raw!r} is not a number of seconds") from None
-    if ttl <= 0:
-        raise ValueError(f"DYN_DISCOVERY_TTL={raw!r} must be > 0 seconds")
-    return ttl
-
-
-def open_discovery(
-    backend: str | None = None,
-    *,
-    discovery_dir: str | os.PathLike[str] | None = None,
-    etcd_endpoints: list[str] | None = None,
-    ttl: float | None = None,
-) -> Discovery:
+def open_discovery(config: DiscoveryConfig | None = None) -> Discovery:
     """A discovery handle (not started yet: `await d.start()` or `async with d`)."""
-    backend = (backend or os.environ.get("DYN_DISCOVERY_BACKEND") or "file").strip().lower()
-    ttl = ttl if ttl is not None else _ttl_from_env()
-    if backend == "file":
-        return FileDiscovery(Path(discovery_dir).expanduser() if discovery_dir else default_discovery_dir(), ttl=ttl)
-    if backend == "etcd":
-        if not etcd_endpoints:
-            env = os.environ.get("ETCD_ENDPOINTS", "")
-            etcd_endpoints = [e.strip() for e in env.split(",") if e.strip()] or [DEFAULT_ETCD_ENDPOINT]
+    config = DiscoveryConfig.from_env() if config is None else config
+    if config.backend == "file":
+        root = Path(config.directory).expanduser() if config.directory else default_discovery_dir()
+        return FileDiscovery(root, ttl=config.ttl)
+    if config.backend == "etcd":
         try:
             from .etcd import EtcdDiscovery
         except ImportError as exc:
@@ -78,8 +55,9 @@ def open_discovery(
                 f"the etcd discovery backend needs the etcd3aio package ({exc}); "
                 "install dynamo-worker-runtime[etcd] or use --discovery-backend file"
             ) from exc
-        return EtcdDiscovery(etcd_endpoints, ttl=ttl)
-    raise ValueError(f"unknown discovery backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        return EtcdDiscovery(config.etcd_endpoints, ttl=config.ttl)
+    raise ValueError(f"unknown discovery backend {config.backend!r}: choose one of "
+                     f"{', '.join(DISCOVERY_BACKENDS)}")
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import grpc
 import grpc.aio
@@ -318,7 +318,7 @@ class EtcdDiscovery(Discovery):
                 return
             raise
 
-    async def _watch_loop(self, prefix: str) -> AsyncIterator[WatchEvent]:
+    async def _watch_loop(self, prefix: str) -> AsyncGenerator[WatchEvent, None]:
         known: dict[str, bytes] = {}
         backoff = _RETRY_MIN_S
         outage_since: float | None = None
@@ -363,7 +363,7 @@ class EtcdDiscovery(Discovery):
                             prefix, _describe(exc))
                 await asyncio.sleep(backoff)
 
-    async def _watch_from(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+    async def _watch_from(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent, None]:
         assert self._watch_stub is not None
         create = WatchCreateRequest(key=prefix.encode(), range_end=prefix_range_end(prefix),
                                     start_revision=start_revision)

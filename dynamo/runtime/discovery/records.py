@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynamo.runtime.discovery.base import Discovery, WatchEventType
-from dynamo.runtime.identity import EndpointAddress, INSTANCES_ROOT
+from dynamo.runtime.identity import INSTANCES_ROOT, EndpointAddress
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -17,8 +16,6 @@ from dynamo.runtime.identity import EndpointAddress
 from dynamo.runtime.rpc import local_socket
 
 log = logging.getLogger(__name__)
-
-ROUTER_POLICIES = ("round-robin", "random", "least-loaded")
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 10_000),
@@ -59,20 +56,17 @@ class InstanceUnreachableError(RuntimeError):
 class EndpointClient:
     """Watches one endpoint's instances and opens calls to them.
 
-    Instance choice: round-robin, random, least-loaded (fewest streams this client has open
-    there), or direct (by instance id). Channels are cached per instance and closed when the
-    instance leaves discovery.
+    Instance choice here is round-robin or direct (by instance id); callers with a policy of
+    their own (the frontend's router) pick from `instances()` and `inflight()` and pass the
+    record. Channels are cached per instance and closed when the instance leaves discovery.
     """
 
-    def __init__(self, discovery: Discovery | None, address: EndpointAddress | str,
-                 policy: str = "round-robin", *, watcher: InstanceWatcher | None = None,
+    def __init__(self, discovery: Discovery | None, address: EndpointAddress | str, *,
+                 watcher: InstanceWatcher | None = None,
                  predicate: Callable[[InstanceRecord], bool] | None = None) -> None:
         """`address`: one endpoint, or a label for a pool given as `watcher` + `predicate`
         (e.g. every prefill instance of a model in a namespace; the caller owns that watcher)."""
-        if policy not in ROUTER_POLICIES:
-            raise ValueError(f"unknown router policy {policy!r}; choose one of {', '.join(ROUTER_POLICIES)}")
         self.address = address
-        self.policy = policy
         self._predicate = predicate
         self._owns_watcher = watcher is None
         if watcher is None:
@@ -96,7 +90,7 @@ class EndpointClient:
         return self._watcher
 
     def instances(self) -> list[InstanceRecord]:
-        recs = self._watcher.instances.values()
+        recs = list(self._watcher.instances.values())
         if self._predicate is not None:
             recs = [r for r in recs if self._predicate(r)]
         return sorted(recs, key=lambda r: r.instance_id)
@@ -117,8 +111,8 @@ class EndpointClient:
             raise NoInstancesError(f"no instance of {self.address} appeared within {timeout:g} s")
         return self.instances()
 
-    def select(self, *, instance_id: str | None = None, policy: str | None = None,
-               exclude: Iterable[str] = ()) -> InstanceRecord:
+    def select(self, *, instance_id: str | None = None, exclude: Iterable[str] = ()) -> InstanceRecord:
+        """The instance `instance_id`, or the next live one round-robin (skipping `exclude`)."""
         if instance_id is not None:
             rec = self._watcher.get(instance_id)
             if rec is None or (self._predicate is not None and not self._predicate(rec)):
@@ -129,12 +123,6 @@ class EndpointClient:
         if not candidates:
             raise NoInstancesError(f"no live instance of {self.address}"
                                    + (f" (excluding {sorted(excluded)})" if excluded else ""))
-        policy = policy or self.policy
-        if policy == "random":
-            return random.choice(candidates)
-        if policy == "least-loaded":
-            least = min(self.inflight(r.instance_id) for r in candidates)
-            candidates = [r for r in candidates if self.inflight(r.instance_id) == least]
         return candidates[next(self._rr) % len(candidates)]
 
     def channel(self, record: InstanceRecord) -> grpc.aio.Channel:
@@ -149,7 +137,7 @@ class EndpointClient:
                      response_deserializer: Callable[[bytes], Resp] | None,
                      timeout: float | None = None, instance_id: str | None = None,
                      record: InstanceRecord | None = None,
-                     metadata: tuple[tuple[str, str], ...] | None = None) -> AsyncIterator[Resp]:
+                     metadata: tuple[tuple[str, str], ...] | None = None) -> AsyncGenerator[Resp, None]:
         """A server-streaming call to one instance.
 
         Closing the iterator (or cancelling the task that drives it) cancels the call, and the
@@ -168,7 +156,7 @@ class EndpointClient:
                     raise translate_rpc_error(e, rec) from e
                 if msg is grpc.aio.EOF:
                     return
-                yield msg
+                yield msg  # type: ignore[misc]  # read() is typed as object: the deserializer's type
         finally:
             self.release(rec.instance_id)
             if not call.done():
@@ -182,7 +170,7 @@ class EndpointClient:
         if fn is None:
             fn = self.channel(record).unary_stream(method, request_serializer=serializer,
                                                    response_deserializer=deserializer,
-                                                   _registered_method=True)
+                                                   _registered_method=True)  # type: ignore[call-arg]  # grpc's own generated stubs pass it; the type stubs lack it
             self._callables[key] = fn
         return fn
 

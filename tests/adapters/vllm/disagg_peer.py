@@ -1,6 +1,8 @@
 """One VllmEngine in its own process, driven by JSON lines on stdin (for the disaggregation test).
 
-    python tests/vllm/disagg_peer.py MODEL_DIR ROLE
+    python tests/adapters/vllm/disagg_peer.py MODEL_DIR ROLE
+
+A prefill peer applies the worker shell's prefill rules (dynamo.llm.disagg.prefill_request) itself.
 
 Prints `@@{"ready": EngineInfo}` once started; then for each stdin line
 `{"request_id", "token_ids", "max_tokens", "disaggregated_params"?}` prints
@@ -20,10 +22,12 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: E402
+from vllm.engine.arg_utils import AsyncEngineArgs
 
-from dynamo.llm.protocol import DisaggregatedParams, GenerateRequest, StopConditions  # noqa: E402
-from dynamo.vllm.engine import VllmEngine  # noqa: E402
+from dynamo.llm.disagg import prefill_request
+from dynamo.llm.model_card import Role
+from dynamo.llm.protocol import DisaggregatedParams, GenerateRequest, StopConditions
+from dynamo.vllm.engine import VllmEngine
 
 PREFIX = "@@"
 
@@ -34,7 +38,7 @@ def say(message: dict) -> None:
 
 async def main(model_dir: str, role: str) -> None:
     engine = VllmEngine(AsyncEngineArgs(model=model_dir, dtype="float32", enforce_eager=True,
-                                        max_model_len=1024), role=role)
+                                        max_model_len=1024), role=Role(role))
     say({"ready": dataclasses.asdict(await engine.start())})
     try:
         while line := await asyncio.to_thread(sys.stdin.readline):
@@ -51,6 +55,8 @@ async def main(model_dir: str, role: str) -> None:
                 stop=StopConditions(max_tokens=message["max_tokens"], ignore_eos=True),
                 disaggregated_params=DisaggregatedParams(**params) if params else None,
             )
+            if engine.role is Role.PREFILL:
+                request = prefill_request(request)
             try:
                 outputs = [dataclasses.asdict(out) async for out in engine.generate(request)]
             except Exception as exc:  # reported to the test, which fails with it
