@@ -53,6 +53,7 @@ def disagg_to_pb(p: DisaggregatedParams, out: pb.DisaggregatedParams) -> None:
     out.payload_json = json.dumps(p.payload)
     out.prefill_instance_id = p.prefill_instance_id
     out.first_token_ids.extend(p.first_token_ids)
+    out.opaque = p.opaque
 
 
 def disagg_from_pb(m: pb.DisaggregatedParams) -> DisaggregatedParams:
@@ -65,7 +66,7 @@ def disagg_from_pb(m: pb.DisaggregatedParams) -> DisaggregatedParams:
     if not m.engine:
         raise InvalidRequest("disaggregated_params.engine must name the engine that produced it")
     return DisaggregatedParams(engine=m.engine, payload=payload, prefill_instance_id=m.prefill_instance_id,
-                               first_token_ids=list(m.first_token_ids))
+                               first_token_ids=list(m.first_token_ids), opaque=m.opaque)
 
 
 # --- requests --------------------------------------------------------------------------------

@@ -82,7 +82,9 @@ class LLMEngine(abc.ABC):
         """Abort a running request; a no-op for an unknown id."""
 
     async def clear_kv_blocks(self) -> None:
-        """Drop every cached (unused) KV block, e.g. the prefix cache."""
+        """Drop every cached (unused) KV block, e.g. the prefix cache. An engine without a way to
+        do so keeps this default: ClearKvBlocks then answers UNIMPLEMENTED."""
+        raise NotImplementedError(f"the {self.name} engine offers no way to drop its cached KV blocks")
 
     async def check_health(self) -> None:
         """Raise if the engine is dead. The worker adds a generation canary on top of this."""

@@ -101,13 +101,15 @@ class DisaggregatedParams:
 
     `engine` names the adapter that made it (e.g. "vllm", "mocker") so that a decode worker of another
     kind refuses it with a clear error; `payload` is that adapter's own JSON object (for vLLM its
-    `kv_transfer_params`).
+    `kv_transfer_params`); `opaque` its binary state, carried byte for byte (TensorRT-LLM's
+    `opaque_state`; never pickled).
     """
 
     engine: str
     payload: dict[str, Any]
     prefill_instance_id: str = ""
     first_token_ids: list[int] = field(default_factory=list)  # tokens the prefill already produced
+    opaque: bytes = b""
 
 
 @dataclass

@@ -1,2 +1,3 @@
-"""TensorRT-LLM adapter (python -m dynamo.trtllm): not built yet; the worker shell and the
-conformance suite (tests/conformance) are ready for it."""
+"""TensorRT-LLM adapter: `python -m dynamo.trtllm` (engine.py: the LLM API; args.py: flags and the
+engine YAML; convert.py: requests, outputs and the disaggregation handoff; events.py: KV events and
+iteration stats). TensorRT-LLM is imported only when the engine starts."""

@@ -57,7 +57,7 @@ async def start_worker(spec: BackendSpec, model: Path, discovery: Path, role: st
     if reason:
         pytest.skip(reason)
     role_args = [] if role == "agg" else ["--disaggregation-mode", role]
-    w = WorkerProcess(spec.name, [*spec.args(model), *role_args, *extra], discovery,
+    w = WorkerProcess(spec.name, [*spec.args(model), *spec.role_args.get(role, []), *role_args, *extra], discovery,
                       env=spec.env.get(role, {}), name=f"{spec.name}-{role}")
     return await w.ready(spec.startup_timeout)
 
@@ -211,10 +211,16 @@ async def test_prefix_cache_and_kv_events(agg: WorkerProcess) -> None:
         collector.cancel()
 
 
-async def test_clear_kv_blocks(agg: WorkerProcess) -> None:
+async def test_clear_kv_blocks(agg: WorkerProcess, spec: BackendSpec) -> None:
     block = agg.card["kv_block_size"]
     p = prompt(6, block * 3 + 1)
     await agg.generate(req(p, max_tokens=2))
+    if not spec.clears_kv_cache:  # the engine has no way to: say so, and keep serving
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await agg.stub().ClearKvBlocks(pb.ClearKvBlocksRequest(), timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED and spec.name in (err.value.details() or "")
+        assert len(tokens(await agg.generate(req(p, max_tokens=2)))) == 2
+        return
     await agg.stub().ClearKvBlocks(pb.ClearKvBlocksRequest(), timeout=30)
     again = await agg.generate(req(p, max_tokens=2))
     assert again[-1].usage is not None and again[-1].usage.cached_tokens == 0

@@ -20,7 +20,8 @@ async def start_worker(spec: BackendSpec, tmp: Path, model: Path, namespace: str
     if reason:
         pytest.skip(reason)
     role_args = [] if role == "agg" else ["--disaggregation-mode", role]
-    w = WorkerProcess(spec.name, [*spec.args(model), "--served-model-name", SERVED, *role_args], tmp,
+    w = WorkerProcess(spec.name, [*spec.args(model), *spec.role_args.get(role, []), "--served-model-name", SERVED,
+                                  *role_args], tmp,
                       namespace=namespace, env=spec.env.get(role, {}), name=f"{spec.name}-{namespace}-{role}")
     return await w.ready(spec.startup_timeout)
 

@@ -7,11 +7,16 @@ and its capabilities. The suites read capabilities, never backend names.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOUBLES = REPO / "tests" / "doubles"  # test doubles of engines that cannot be installed here
 
 
 @dataclass(frozen=True)
@@ -21,17 +26,24 @@ class BackendSpec:
     startup_timeout: float
     # env per role; engines on a 2-core machine must be pinned to different cores
     env: dict[str, dict[str, str]] = field(default_factory=dict)
+    role_args: dict[str, list[str]] = field(default_factory=dict)  # extra engine flags per role
     marks: tuple[pytest.MarkDecorator, ...] = ()
     available: Callable[[], str | None] = lambda: None  # None, or why it cannot run here
     # --- capabilities -------------------------------------------------------------------------
     real_weights: bool = True  # greedy output must equal a reference run of the same weights
+    double: str | None = None  # the engine is a test double: why the real-numerics checks cannot run
     disagg: bool = True  # prefill and decode workers
+    clears_kv_cache: bool = True  # ClearKvBlocks drops the prefix cache (else: UNIMPLEMENTED)
     engine_metric: str | None = None  # a series of the engine's own that /metrics must also show
     transfer_log: str | None = None  # what the decode worker logs after a KV transfer
 
+    @property
+    def id(self) -> str:
+        return f"{self.name}-double" if self.double else self.name
+
     def param(self) -> object:
         """This backend as a pytest parameter, with its marks."""
-        return pytest.param(self, id=self.name, marks=list(self.marks))
+        return pytest.param(self, id=self.id, marks=list(self.marks))
 
 
 def need_module(module: str, why: str) -> Callable[[], str | None]:
@@ -64,4 +76,49 @@ VLLM = BackendSpec(
     transfer_log="Num successful transfers",
 )
 
-BACKENDS = [MOCKER, VLLM]
+# TensorRT-LLM cannot be installed here: its adapter runs against a double of its LLM API
+# (tests/doubles/tensorrt_llm), and tests/gpu/ runs the same suite on the real engine.
+_TRTLLM_ARGS = ["--kv-block-size", "16", "--max-seq-len", "1024"]
+# What engine_configs/trtllm/*/{prefill,decode}.yaml set for the roles, as an override.
+_TRTLLM_ROLE_ARGS = {
+    "prefill": ["--override-engine-args", json.dumps({"disable_overlap_scheduler": True,
+                                                      "cache_transceiver_config": {"backend": "DEFAULT"}})],
+    "decode": ["--override-engine-args", json.dumps({"cache_transceiver_config": {"backend": "DEFAULT"}})],
+}
+TRTLLM_DOUBLE = BackendSpec(
+    name="trtllm",
+    args=lambda model: ["--model-path", str(model), *_TRTLLM_ARGS],
+    startup_timeout=120,
+    env={role: {"PYTHONPATH": os.pathsep.join([str(DOUBLES), str(REPO)]), "TRTLLM_DOUBLE_STEP_MS": "2"}
+         for role in ("agg", "prefill", "decode")},
+    role_args=_TRTLLM_ROLE_ARGS,
+    marks=(pytest.mark.double,),
+    real_weights=False,
+    double="runs against the TensorRT-LLM test double (no model numerics); tests/gpu/ runs the real engine",
+    clears_kv_cache=False,
+)
+TRTLLM = BackendSpec(  # the real engine, where it is installed (a GPU machine: tests/gpu/README.md)
+    name="trtllm",
+    args=lambda model: ["--model-path", str(model), *_TRTLLM_ARGS],
+    startup_timeout=600,
+    role_args=_TRTLLM_ROLE_ARGS,
+    marks=(pytest.mark.trtllm, pytest.mark.gpu),
+    available=need_module("tensorrt_llm", "TensorRT-LLM is not installed (a GPU machine: see tests/gpu/README.md)"),
+    clears_kv_cache=False,
+)
+
+ALL_BACKENDS = [MOCKER, VLLM, TRTLLM_DOUBLE, TRTLLM]
+
+
+def selected_backends(default: tuple[str, ...] = ("mocker", "vllm", "trtllm-double")) -> list[BackendSpec]:
+    """The backends the suites run: DYN_TEST_BACKENDS (ids, comma-separated; tests/gpu/ sets it), else
+    everything this kind of machine can run."""
+    wanted = [w.strip() for w in os.environ.get("DYN_TEST_BACKENDS", ",".join(default)).split(",") if w.strip()]
+    by_id = {spec.id: spec for spec in ALL_BACKENDS}
+    unknown = [w for w in wanted if w not in by_id]
+    if unknown:
+        raise ValueError(f"DYN_TEST_BACKENDS names unknown backends {unknown}; known: {sorted(by_id)}")
+    return [by_id[w] for w in wanted]
+
+
+BACKENDS = selected_backends()

@@ -32,7 +32,7 @@ def test_request_round_trip() -> None:
                                                  repetition_penalty=1.1),
                         stop=StopConditions(max_tokens=4, min_tokens=2, stop_token_ids=[9], ignore_eos=True),
                         output=OutputOptions(logprobs=0),
-                        disaggregated_params=DisaggregatedParams("vllm", {"a": [1, 2]}, "i1", [5]),
+                        disaggregated_params=DisaggregatedParams("vllm", {"a": [1, 2]}, "i1", [5], b"\x00\xff opaque"),
                         annotations={"k": "v"})
     back = codec.request_from_pb(pb.GenerateRequest.FromString(codec.request_to_pb(r).SerializeToString()))
     assert back.sampling.temperature == pytest.approx(0.5)

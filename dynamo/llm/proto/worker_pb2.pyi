@@ -101,16 +101,18 @@ class OutputOptions(_message.Message):
     def __init__(self, logprobs: _Optional[int] = ..., skip_special_tokens: _Optional[bool] = ...) -> None: ...
 
 class DisaggregatedParams(_message.Message):
-    __slots__ = ("engine", "payload_json", "prefill_instance_id", "first_token_ids")
+    __slots__ = ("engine", "payload_json", "prefill_instance_id", "first_token_ids", "opaque")
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
     PREFILL_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     FIRST_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    OPAQUE_FIELD_NUMBER: _ClassVar[int]
     engine: str
     payload_json: str
     prefill_instance_id: str
     first_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, engine: _Optional[str] = ..., payload_json: _Optional[str] = ..., prefill_instance_id: _Optional[str] = ..., first_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    opaque: bytes
+    def __init__(self, engine: _Optional[str] = ..., payload_json: _Optional[str] = ..., prefill_instance_id: _Optional[str] = ..., first_token_ids: _Optional[_Iterable[int]] = ..., opaque: _Optional[bytes] = ...) -> None: ...
 
 class TopLogprob(_message.Message):
     __slots__ = ("token_id", "logprob")

@@ -56,8 +56,12 @@ class KvEventRelay:
         finally:
             self._subscribers.discard(q)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop relaying; the engine's event source gets `timeout` seconds to end (a source that
+        swallows the cancellation is left to the engine's own shutdown)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            if not done:
+                log.warning("the engine's KV-event source did not stop within %.0f s", timeout)
+            self._task = None

@@ -157,7 +157,10 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         if self._engine is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is starting")
         assert self._engine is not None  # abort() raised otherwise
-        await self._engine.clear_kv_blocks()
+        try:
+            await self._engine.clear_kv_blocks()
+        except NotImplementedError as e:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(e))
         return pb.ClearKvBlocksResponse()
 
     async def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext
