@@ -49,12 +49,13 @@ def error_response(error: ApiError) -> Response:
 class FrontendApp:
     """State shared by the routes of one app (one backend, one registry, one tokenizer cache)."""
 
-    def __init__(self, backend: ServingBackend, *, api_key: str | None, max_body_bytes: int
-                 ) -> None:
+    def __init__(self, backend: ServingBackend, *, api_key: str | None, max_body_bytes: int,
+                 metrics: FrontendMetrics | None = None) -> None:
         self.backend = backend
         self.api_key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
-        self.metrics = FrontendMetrics()
+        self.metrics = metrics or FrontendMetrics()
+        self.metrics.router_state.state = getattr(backend, "router_state", None)
         self.tokenizers = TokenizerCache()
 
     # --- helpers ------------------------------------------------------------------------------
@@ -167,6 +168,16 @@ class FrontendApp:
                     task.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged by the cache
             await asyncio.sleep(interval)
 
+    async def router_state(self, request: Request) -> Response:
+        """What the router knows: for a KV router, its index (blocks per worker, event counts) and its
+        predicted loads. For debugging; behind the API key like /v1/*."""
+        try:
+            self._check_auth(request)
+        except ApiError as error:
+            return error_response(error)
+        state = getattr(self.backend, "router_state", None)
+        return json_response(state() if state is not None else {"mode": "unknown"})
+
     async def live(self, request: Request) -> Response:
         return json_response({"status": "live"})
 
@@ -202,14 +213,15 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(backend: ServingBackend, *, api_key: str | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, metrics: FrontendMetrics | None = None) -> Starlette:
     """The HTTP app over `backend`. With `api_key`, /v1/* requires 'Authorization: Bearer KEY'."""
-    state = FrontendApp(backend, api_key=api_key, max_body_bytes=max_body_bytes)
+    state = FrontendApp(backend, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics)
     routes = [
         Route("/v1/chat/completions", state.chat_completions, methods=["POST"]),
         Route("/v1/completions", state.completions, methods=["POST"]),
         Route("/v1/models", state.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", state.get_model, methods=["GET"]),
+        Route("/v1/router/state", state.router_state, methods=["GET"]),
         Route("/health", state.health, methods=["GET"]),
         Route("/live", state.live, methods=["GET"]),
         Route("/metrics", state.metrics_endpoint, methods=["GET"]),

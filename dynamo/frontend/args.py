@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dynamo.frontend.router import DEFAULT_ROUTER_MODE, ROUTER_MODE_ENV, ROUTER_MODES
+from dynamo.frontend.router.settings import CostWeights, KvRouterSettings
 from dynamo.llm.transport import DEFAULT_TRANSPORT, add_transport_arg
 from dynamo.runtime.config import (
     DiscoveryConfig,
@@ -14,6 +15,7 @@ from dynamo.runtime.config import (
     add_env_flag,
     add_log_level_arg,
     choice,
+    float_range,
     int_range,
 )
 
@@ -27,6 +29,7 @@ class FrontendConfig:
     namespace: str = "dynamo"
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     router_mode: str = DEFAULT_ROUTER_MODE
+    kv_router: KvRouterSettings = field(default_factory=KvRouterSettings)  # --router-mode kv
     migration_limit: int = 0  # how many times a broken stream may move to another worker
     max_inflight_per_worker: int = 0  # 0: no limit; else busier workers answer 429
     api_key: str | None = None
@@ -49,6 +52,29 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     add_discovery_args(p, env)  # --namespace, --discovery-backend, --discovery-dir, --etcd-endpoints, --discovery-ttl
     add_env_flag(p, "--router-mode", env_var=ROUTER_MODE_ENV, default=d.router_mode, env=env,
                  type=choice(*ROUTER_MODES), help="how a worker is picked for each request")
+    k = p.add_argument_group("KV-aware routing (--router-mode kv)")
+    add_env_flag(p, "--kv-overlap-score-weight", env_var="DYN_KV_OVERLAP_SCORE_WEIGHT", default=1.0, env=env,
+                 group=k, type=float_range(0.0),
+                 help="weight of the blocks a worker would have to prefill against its decode load "
+                      "(0: route by load alone)")
+    add_env_flag(p, "--router-temperature", env_var="DYN_ROUTER_TEMPERATURE", default=0.0, env=env, group=k,
+                 type=float_range(0.0), help="0: the cheapest worker; above 0: drawn at random, cheaper more "
+                                             "likely, the spread growing with the temperature")
+    add_env_flag(p, "--kv-busy-threshold", env_var="DYN_KV_BUSY_THRESHOLD", default=None, env=env, group=k,
+                 type=float_range(0.0, lo_open=True),
+                 help="leave out workers whose active KV blocks fill more than this fraction of their cache "
+                      "(while any other is below it); unset: none left out")
+    add_env_flag(p, "--no-kv-events", env_var="DYN_ROUTER_NO_KV_EVENTS", default=False, env=env, group=k,
+                 switch=True, help="approximate mode: learn what workers hold from routing decisions, not "
+                                   "from their KV events (for engines without events)")
+    add_env_flag(p, "--router-ttl", env_var="DYN_ROUTER_TTL", default=120.0, env=env, group=k,
+                 type=float_range(0.0, lo_open=True),
+                 help="approximate mode: seconds a decision's prompt blocks count as held by its worker")
+    add_env_flag(p, "--router-predicted-ttl", env_var="DYN_ROUTER_PREDICTED_TTL", default=5.0, env=env, group=k,
+                 type=float_range(0.0),
+                 help="with KV events: seconds a decision's prompt blocks count as held by its worker until "
+                      "the worker's own events say so (a burst of requests sharing a new prefix then "
+                      "lands on one worker); 0: trust the events alone")
     add_env_flag(p, "--max-inflight-per-worker", env_var="DYN_MAX_INFLIGHT_PER_WORKER",
                  default=d.max_inflight_per_worker, env=env, type=int_range(0),
                  help="requests this frontend keeps in flight per worker; when every worker of a model "
@@ -66,7 +92,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
 
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> FrontendConfig:
     ns = build_parser(env).parse_args(argv)
+    kv_router = KvRouterSettings(
+        weights=CostWeights(overlap_weight=ns.kv_overlap_score_weight, temperature=ns.router_temperature,
+                            busy_threshold=ns.kv_busy_threshold),
+        kv_events=not ns.no_kv_events, approximate_ttl=ns.router_ttl, predicted_ttl=ns.router_predicted_ttl)
     return FrontendConfig(
+        kv_router=kv_router,
         http_host=ns.http_host, http_port=ns.http_port, namespace=ns.namespace,
         discovery=DiscoveryConfig.from_args(ns), router_mode=ns.router_mode,
         migration_limit=ns.migration_limit, max_inflight_per_worker=ns.max_inflight_per_worker,

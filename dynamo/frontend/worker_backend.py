@@ -11,16 +11,18 @@ from collections.abc import AsyncIterator, Collection
 
 from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.backend import NoWorkers, Overloaded, UnknownModel, WorkerFailed
-from dynamo.frontend.router import DEFAULT_ROUTER_MODE, Router, make_router
+from dynamo.frontend.router import DEFAULT_ROUTER_MODE, Decision, Router, make_router
+from dynamo.frontend.router.intake import KvIntake
+from dynamo.frontend.router.kv import KvRouter
+from dynamo.frontend.router.settings import KvRouterSettings, RouterObserver
 from dynamo.llm.disagg import remote_prefill
 from dynamo.llm.errors import NoWorkersError, WorkerError
 from dynamo.llm.model_card import ModelCard, Role
 from dynamo.llm.model_pool import SERVING_ROLES, ModelPool, card_of
-from dynamo.llm.protocol import FinishReason, GenerateOutput, GenerateRequest, Usage
+from dynamo.llm.protocol import DisaggregatedParams, FinishReason, GenerateOutput, GenerateRequest, Usage
 from dynamo.llm.transport import DEFAULT_TRANSPORT
 from dynamo.llm.worker_group import WorkerGroup
 from dynamo.runtime.discovery import Discovery, open_discovery
-from dynamo.runtime.discovery.records import InstanceRecord
 from dynamo.runtime.rpc.client import NoInstancesError
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ PREFILL_ROLES = (Role.PREFILL,)
 
 class WorkerServingBackend:
     def __init__(self, discovery: Discovery, namespace: str, *, router_mode: str = DEFAULT_ROUTER_MODE,
+                 kv_router: KvRouterSettings | None = None, router_observer: RouterObserver | None = None,
                  request_transport: str = DEFAULT_TRANSPORT, migration_limit: int = 0,
                  prefill_timeout: float = 30.0, max_inflight_per_worker: int = 0,
                  owns_discovery: bool = True) -> None:
@@ -37,7 +40,12 @@ class WorkerServingBackend:
         self._owns_discovery = owns_discovery
         self.pool = ModelPool(discovery, namespace, request_transport)
         self.router_mode = router_mode
-        make_router(router_mode)  # an unknown mode fails here, not on the first request
+        self.kv_router: KvRouter | None = None
+        self._kv_intake: KvIntake | None = None
+        if router_mode == "kv":  # one router for every model: it keeps the index and the loads
+            self.kv_router = KvRouter(kv_router or KvRouterSettings(), router_observer)
+        else:
+            make_router(router_mode)  # an unknown mode fails here, not on the first request
         self._routers: dict[tuple[str, tuple[Role, ...]], Router] = {}
         self.migration_limit = migration_limit
         self.max_inflight_per_worker = max_inflight_per_worker
@@ -46,7 +54,16 @@ class WorkerServingBackend:
 
     async def start(self) -> WorkerServingBackend:
         await self.pool.start()
+        if self.kv_router is not None:
+            self._kv_intake = KvIntake(self.pool.watcher, self.kv_router)
+            self._kv_intake.start()
         return self
+
+    def router_state(self) -> dict[str, object]:
+        """What the router knows (GET /v1/router/state)."""
+        if self.kv_router is not None:
+            return self.kv_router.state()
+        return {"mode": self.router_mode}
 
     def models(self) -> list[ModelCard]:
         return list(self.pool.cards(SERVING_ROLES).values())
@@ -73,27 +90,31 @@ class WorkerServingBackend:
         failed: set[str] = set()
         attempt = 0
         while True:
+            # A remote prefill brings the prompt's KV along: the decode worker is then chosen by load.
+            remote = request.disaggregated_params is None and bool(prefill.instances())
             try:
-                record = self._route(decode, request, SERVING_ROLES, exclude=failed)
+                decision = self._route(decode, request, SERVING_ROLES, exclude=failed, overlap_credit=not remote)
             except NoInstancesError as e:
                 if attempt == 0:
                     raise NoWorkers(f"no live worker serves model {request.model!r}") from e
                 raise WorkerFailed(f"request {request.request_id}: its worker failed and no other worker "
                                    f"is left to continue it ({e})") from e
-            card = card_of(record)
-            if (card is not None and card.role is Role.DECODE and request.disaggregated_params is None
-                    and prefill.instances()):
-                try:
-                    chosen = self._route(prefill, request, PREFILL_ROLES)
-                    params = await remote_prefill(prefill, request, self.prefill_timeout, chosen)
-                except (WorkerError, NoWorkersError, NoInstancesError) as e:
-                    raise WorkerFailed(str(e)) from e
-                request = dataclasses.replace(request, disaggregated_params=params)
+            record = decision.record
+            usage: Usage | None = None
             try:
+                card = card_of(record)
+                if remote and card is not None and card.role is Role.DECODE:
+                    request = dataclasses.replace(request, disaggregated_params=await self._prefill(prefill, request))
+                first = True
                 async for out in decode.generate(record, request):
+                    if first and out.token_ids:
+                        first = False
+                        decision.first_token()
                     generated.extend(out.token_ids)
-                    if out.usage is not None and attempt > 0:
-                        out.usage = _usage_across_attempts(original, generated, out.usage)
+                    if out.usage is not None:
+                        usage = out.usage
+                        if attempt > 0:
+                            out.usage = _usage_across_attempts(original, generated, out.usage)
                     yield out
                 return
             except WorkerError as e:
@@ -112,20 +133,41 @@ class WorkerServingBackend:
                 log.warning("[%s] worker %s failed after %d tokens (%s); migrating (attempt %d of %d)",
                             original.request_id, record.instance_id, len(generated), e, attempt,
                             self.migration_limit)
+            finally:
+                decision.finished(usage)
+
+    async def _prefill(self, prefill: WorkerGroup, request: GenerateRequest) -> DisaggregatedParams:
+        """The prompt's prefill on a prefill worker (the router's pick); its handoff for the decode side."""
+        try:
+            decision = self._route(prefill, request, PREFILL_ROLES)
+        except NoInstancesError as e:
+            raise WorkerFailed(str(e)) from e
+        usage: list[Usage] = []
+        try:
+            return await remote_prefill(prefill, request, self.prefill_timeout, decision.record,
+                                        on_output=lambda out: usage.append(out.usage) if out.usage else None)
+        except (WorkerError, NoWorkersError) as e:
+            raise WorkerFailed(str(e)) from e
+        finally:
+            decision.finished(usage[-1] if usage else None)
 
     def _route(self, group: WorkerGroup, request: GenerateRequest, roles: tuple[Role, ...],
-               exclude: Collection[str] = ()) -> InstanceRecord:
+               exclude: Collection[str] = (), overlap_credit: bool = True) -> Decision:
         candidates = [r for r in group.instances() if r.instance_id not in exclude]
         if not candidates:
             raise NoInstancesError(f"no live instance of {group.label}"
                                    + (f" (excluding {sorted(exclude)})" if exclude else ""))
-        key = (request.model, roles)
-        router = self._routers.get(key)
+        router: Router | None = self.kv_router
         if router is None:
-            router = self._routers[key] = make_router(self.router_mode)
-        return router.select(candidates, request, group.inflight)
+            key = (request.model, roles)
+            router = self._routers.get(key)
+            if router is None:
+                router = self._routers[key] = make_router(self.router_mode)
+        return router.select(candidates, request, group.inflight, overlap_credit=overlap_credit)
 
     async def close(self) -> None:
+        if self._kv_intake is not None:
+            await self._kv_intake.close()
         await self.pool.close()
         if self._owns_discovery:
             await self._discovery.close()
@@ -146,10 +188,12 @@ def _usage_across_attempts(original: GenerateRequest, generated: list[int], last
                  cached_tokens=min(last.cached_tokens, len(original.token_ids)))
 
 
-async def create_serving_backend(config: FrontendConfig) -> WorkerServingBackend:
+async def create_serving_backend(config: FrontendConfig, router_observer: RouterObserver | None = None
+                                 ) -> WorkerServingBackend:
     discovery = open_discovery(config.discovery)
     await discovery.start()
     backend = WorkerServingBackend(discovery, config.namespace, router_mode=config.router_mode,
+                                   kv_router=config.kv_router, router_observer=router_observer,
                                    request_transport=config.request_transport,
                                    migration_limit=config.migration_limit,
                                    max_inflight_per_worker=config.max_inflight_per_worker)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 
 from dynamo.llm.errors import NoWorkersError, PrefillError, WorkerError
 from dynamo.llm.protocol import DisaggregatedParams, GenerateOutput, GenerateRequest, InvalidRequest
@@ -52,9 +53,10 @@ def stamp_prefill_output(output: GenerateOutput, instance_id: str) -> GenerateOu
 
 
 async def remote_prefill(prefill: WorkerGroup, request: GenerateRequest, timeout: float,
-                         record: InstanceRecord | None = None) -> DisaggregatedParams:
+                         record: InstanceRecord | None = None,
+                         on_output: Callable[[GenerateOutput], object] | None = None) -> DisaggregatedParams:
     """Run the prompt's prefill on a prefill worker (`record`, else the group's next one); return
-    what the decode side needs.
+    what the decode side needs. `on_output` sees each of the prefill's outputs (its usage, say).
 
     Raises NoWorkersError when there is no prefill worker, InvalidRequest when the prefill worker
     refused the request, and PrefillError when it failed, vanished or took longer than `timeout`.
@@ -68,6 +70,8 @@ async def remote_prefill(prefill: WorkerGroup, request: GenerateRequest, timeout
     try:
         async with asyncio.timeout(timeout):
             async for out in prefill.generate(record, prefill_request(request), timeout=timeout):
+                if on_output is not None:
+                    on_output(out)
                 if out.disaggregated_params is not None:
                     params = out.disaggregated_params
     except InvalidRequest:

@@ -1,8 +1,9 @@
 """Subscribe to vLLM's ZMQ KV-event publisher and turn its batches into our KvEvents.
 
 Wire format (vllm/distributed/kv_events.py, ZmqEventPublisher): multipart messages
-(topic, 8-byte big-endian sequence number, msgpack(KVEventBatch)); each batch holds BlockStored,
-BlockRemoved and AllBlocksCleared events.
+(topic, 8-byte big-endian sequence number, msgpack(KVEventBatch)). Decoded by
+dynamo.llm.kv_event_wire without vLLM's own classes, so every encoding vLLM has used (array or map
+events, int or bytes hashes) works, whichever vLLM is installed.
 """
 
 from __future__ import annotations
@@ -12,46 +13,15 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 
-import msgspec
 import zmq
 import zmq.asyncio
-from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
 
-from dynamo.llm.protocol import KvEvent, KvEventKind
+from dynamo.llm.kv_event_wire import WireError, decode_batch
+from dynamo.llm.protocol import KvEvent
 
 log = logging.getLogger(__name__)
 
-_U64 = (1 << 64) - 1
 _POLL_MS = 100  # how often a waiting subscriber checks for close() and injected events
-
-
-def block_hash_to_u64(block_hash: bytes | int) -> int:
-    """vLLM block hashes (bytes, or ints when VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1) as uint64.
-
-    Uses vLLM's own int conversion (big-endian, low 64 bits), so both settings give the same value.
-    """
-    if isinstance(block_hash, (bytes, bytearray)):
-        return int.from_bytes(block_hash, "big") & _U64
-    return int(block_hash) & _U64
-
-
-def convert_event(event: object) -> KvEvent | None:
-    """One vLLM KV-cache event as our KvEvent (None for a kind we do not relay)."""
-    if isinstance(event, BlockStored):
-        return KvEvent(
-            kind=KvEventKind.STORED,
-            block_hashes=[block_hash_to_u64(h) for h in event.block_hashes],
-            parent_hash=(None if event.parent_block_hash is None
-                         else block_hash_to_u64(event.parent_block_hash)),
-            token_ids=list(event.token_ids),
-            block_size=event.block_size,
-        )
-    if isinstance(event, BlockRemoved):
-        return KvEvent(kind=KvEventKind.REMOVED,
-                       block_hashes=[block_hash_to_u64(h) for h in event.block_hashes])
-    if isinstance(event, AllBlocksCleared):
-        return KvEvent(kind=KvEventKind.CLEARED)
-    return None
 
 
 def subscriber_endpoint(publisher_endpoint: str) -> str:
@@ -77,7 +47,6 @@ class KvEventSubscriber:
         self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         for endpoint in self.endpoints:
             self._sock.connect(endpoint)
-        self._decoder = msgspec.msgpack.Decoder(type=KVEventBatch)
         self._closed = False
         self._last_seq: dict[int, int] = {}  # per data-parallel rank: sequence numbers are per publisher
         self._injected: deque[KvEvent] = deque()
@@ -121,11 +90,13 @@ class KvEventSubscriber:
                 raise
             seq = int.from_bytes(seq_bytes, "big")
             try:
-                batch = self._decoder.decode(payload)
-            except msgspec.DecodeError as exc:
+                batch = decode_batch(payload)
+            except WireError as exc:
                 log.warning("undecodable KV event batch (seq %d): %s", seq, exc)
                 continue
-            rank = batch.data_parallel_rank or 0
+            if batch.skipped:
+                log.debug("skipped %d KV event(s) of kinds a router does not track (seq %d)", batch.skipped, seq)
+            rank = batch.data_parallel_rank
             last = self._last_seq.get(rank)
             if last is not None and seq != last + 1:
                 log.warning("lost %d KV event batch(es) from data-parallel rank %d (seq %d -> %d); "
@@ -133,9 +104,7 @@ class KvEventSubscriber:
                             seq - last - 1, rank, last, seq)
             self._last_seq[rank] = seq
             for event in batch.events:
-                converted = convert_event(event)
-                if converted is not None:
-                    yield converted
+                yield event
 
     def close(self) -> None:
         if self._closed:

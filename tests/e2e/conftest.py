@@ -34,6 +34,7 @@ class Serving:
     spec: BackendSpec
     agg: FrontendProcess
     workers: list[WorkerProcess]
+    kv: FrontendProcess  # over the aggregated worker too, with KV-aware routing on its events alone
     disagg: FrontendProcess | None = None
     decode: WorkerProcess | None = None
 
@@ -48,6 +49,7 @@ async def serving(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     try:
         workers.append(await start_worker(spec, tmp, tiny_model_dir, "agg", "agg"))
         frontends.append(FrontendProcess(tmp, namespace="agg"))
+        frontends.append(FrontendProcess(tmp, "--router-mode", "kv", "--router-predicted-ttl", "0", namespace="agg"))
         decode = None
         if spec.disagg:
             workers.append(await start_worker(spec, tmp, tiny_model_dir, "disagg", "prefill"))
@@ -56,7 +58,7 @@ async def serving(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
             frontends.append(FrontendProcess(tmp, namespace="disagg"))
         for fe in frontends:
             await fe.wait_models({SERVED}, timeout=120)
-        yield Serving(spec, frontends[0], workers, frontends[1] if spec.disagg else None, decode)
+        yield Serving(spec, frontends[0], workers, frontends[1], frontends[2] if spec.disagg else None, decode)
     finally:
         for fe in frontends:
             fe.close()

@@ -16,6 +16,7 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 from dynamo.llm.disagg import prefill_request
+from dynamo.llm.kv_event_wire import decode_batch
 from dynamo.llm.model_card import Role
 from dynamo.llm.protocol import (
     DisaggregatedParams,
@@ -28,7 +29,7 @@ from dynamo.llm.protocol import (
 )
 from dynamo.vllm import args as vargs
 from dynamo.vllm.convert import finish_reason_of, sampling_params_for
-from dynamo.vllm.kv_events import block_hash_to_u64, convert_event, subscriber_endpoint
+from dynamo.vllm.kv_events import subscriber_endpoint
 
 pytestmark = pytest.mark.vllm
 
@@ -167,18 +168,23 @@ def test_finish_reasons(reason, stop_reason, stop_ids, expected) -> None:
     assert finish_reason_of(reason, stop_reason, stop_ids) is expected
 
 
-def test_kv_event_conversion() -> None:
+def test_vllms_own_encoding_decodes() -> None:
+    """What the installed vLLM publishes (its own classes and encoder) decodes to our events."""
+    import msgspec
+    from vllm.distributed.kv_events import KVEventBatch
+
     raw = bytes(range(32))
-    assert block_hash_to_u64(raw) == int.from_bytes(raw, "big") & (2**64 - 1)
-    assert block_hash_to_u64(2**70 + 5) == 5
-    stored = convert_event(BlockStored(block_hashes=[raw, 11], parent_block_hash=12,
-                                       token_ids=[1, 2], block_size=2, lora_id=None, medium="GPU",
-                                       lora_name=None))
-    assert stored.kind is KvEventKind.STORED and stored.block_hashes[1] == 11
-    assert (stored.parent_hash, stored.token_ids, stored.block_size) == (12, [1, 2], 2)
-    removed = convert_event(BlockRemoved(block_hashes=[3], medium="GPU"))
+    batch = KVEventBatch(ts=1.0, events=[
+        BlockStored(block_hashes=[raw, 11], parent_block_hash=12, token_ids=[1, 2, 3, 4], block_size=2,
+                    lora_id=None, medium="GPU", lora_name=None),
+        BlockRemoved(block_hashes=[3], medium="GPU"), AllBlocksCleared()], data_parallel_rank=1)
+    decoded = decode_batch(msgspec.msgpack.encode(batch))
+    stored, removed, cleared = decoded.events
+    assert decoded.data_parallel_rank == 1 and decoded.skipped == 0
+    assert stored.kind is KvEventKind.STORED and stored.block_hashes == [int.from_bytes(raw, "big") & (2**64 - 1), 11]
+    assert (stored.parent_hash, stored.token_ids, stored.block_size) == (12, [1, 2, 3, 4], 2)
     assert (removed.kind, removed.block_hashes) == (KvEventKind.REMOVED, [3])
-    assert convert_event(AllBlocksCleared()).kind is KvEventKind.CLEARED
+    assert cleared.kind is KvEventKind.CLEARED
     assert subscriber_endpoint("tcp://*:5557") == "tcp://127.0.0.1:5557"
     assert subscriber_endpoint("ipc:///tmp/x") == "ipc:///tmp/x"
 
