@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +25,54 @@ DEFAULT_KV_BYTES_PER_TOKEN = 2 * 32 * 8 * 128 * 2
 
 @dataclass
 class TimingModel:
-    """Simulated step cost in milliseconds at speedup 1 (a step runs one batch).
+    """Simulated cost of one engine step (one batch), in milliseconds at speedup 1.
 
-    step = overhead
-         + prefill_ms_per_token * new prompt tokens
-         + prefill_attn_ms_per_token_pair * sum(new tokens * context length) over prefill chunks
-         + decode_ms_per_seq * decoding sequences
-         + decode_ms_per_context_token * total context of the decoding sequences
+    step = step_overhead_ms
+         + prefill_ms_per_token * max(0, T - memory_bound_tokens)
+         + prefill_attn_ms_per_token_pair * P
+         + decode_ms_per_seq * D
+         + decode_ms_per_context_token * K
+
+    T: tokens the step computes (new prompt tokens + one per decoding sequence): the linear layers
+       read the weights once a step (the overhead), so the first `memory_bound_tokens` are free;
+    P: causal (query, key) pairs of the prefill chunks (a chunk of n tokens after k computed ones:
+       n*k + n*(n+1)/2);
+    D, K: decoding sequences and the KV tokens they read (their contexts, summed).
+
+    The defaults model Llama-3-8B (16-bit, TP1) on one H100-SXM running vLLM's kernels, derived from
+    Vidur's measured operator profiles; the source files and the arithmetic are in timing.py.
     """
 
-    step_overhead_ms: float = 4.0
-    prefill_ms_per_token: float = 0.02
-    prefill_attn_ms_per_token_pair: float = 1e-6
-    decode_ms_per_seq: float = 0.04
-    decode_ms_per_context_token: float = 2e-5
+    step_overhead_ms: float = 6.52
+    prefill_ms_per_token: float = 0.0220
+    prefill_attn_ms_per_token_pair: float = 1.01e-6
+    decode_ms_per_seq: float = 0.0025
+    decode_ms_per_context_token: float = 5.03e-5
+    memory_bound_tokens: float = 135.0
 
     def validate(self) -> None:
         for name, value in vars(self).items():
-            if value < 0:
-                raise ValueError(f"timing.{name} must be >= 0, got {value}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"timing.{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"timing.{name} must be a finite number >= 0, got {value}")
+
+    @classmethod
+    def from_json(cls, text: str) -> TimingModel:
+        """The defaults with the fields of a JSON object replaced, e.g. '{"step_overhead_ms": 5}'."""
+        try:
+            given = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--mocker-timing is not valid JSON ({e})") from None
+        if not isinstance(given, dict):
+            raise ValueError(f"--mocker-timing must be a JSON object, got {text!r}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ValueError(f"--mocker-timing: unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        model = cls(**given)
+        model.validate()
+        return model
 
 
 @dataclass
@@ -154,6 +184,10 @@ def add_mocker_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mocker-seed", type=int, default=0, help="seed of the simulated output tokens")
     g.add_argument("--mocker-eos-rate", type=float, default=0.0,
                    help="probability per token of ending with EOS (0: generate up to max_tokens)")
+    g.add_argument("--mocker-timing", default=None, metavar="JSON",
+                   help="step cost model: a JSON object replacing fields of the default (Llama-3-8B on "
+                        "one H100), e.g. '{\"step_overhead_ms\": 5, \"decode_ms_per_context_token\": 1e-4}'; "
+                        "fields: " + ", ".join(f.name for f in fields(TimingModel)))
 
 
 def mocker_config_from_namespace(ns: argparse.Namespace) -> MockerConfig:
@@ -174,6 +208,8 @@ def mocker_config_from_namespace(ns: argparse.Namespace) -> MockerConfig:
         log.warning("context length %d capped at the KV cache capacity of %d tokens", max_len, capacity)
         max_len = capacity
     name = ns.served_model_name or (Path(model).name if model else "mocker")
+    timing_json = getattr(ns, "mocker_timing", None)
+    timing = TimingModel.from_json(timing_json) if timing_json else TimingModel()
     return MockerConfig(
         model_path=model, served_model_name=name, vocab_size=vocab, max_model_len=max_len,
         eos_token_ids=facts.eos_token_ids if facts else [],
@@ -181,4 +217,5 @@ def mocker_config_from_namespace(ns: argparse.Namespace) -> MockerConfig:
         max_num_batched_tokens=ns.max_num_batched_tokens, enable_prefix_caching=ns.enable_prefix_caching,
         speedup_ratio=ns.speedup_ratio, kv_transfer_bandwidth=ns.kv_transfer_bandwidth,
         kv_bytes_per_token=ns.kv_bytes_per_token, mocker_seed=ns.mocker_seed, eos_rate=ns.mocker_eos_rate,
+        timing=timing,
     )
