@@ -13,7 +13,8 @@ from tests.support.backends import DOUBLES, BackendSpec
 
 # mark -> the BackendSpec capability it needs. A test so marked is deselected (not skipped) for a
 # backend without the capability: the mocker has no real weights to compare with a reference.
-CAPABILITY_MARKS = {"real_weights": "real_weights", "disagg": "disagg"}
+CAPABILITY_MARKS = {"real_weights": "real_weights", "disagg": "disagg", "pull_handoff": "pull_handoff",
+                    "engine_reference": "engine_reference"}
 
 
 @pytest.fixture(scope="session")

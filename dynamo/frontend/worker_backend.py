@@ -15,14 +15,15 @@ from dynamo.frontend.router import DEFAULT_ROUTER_MODE, Decision, Router, make_r
 from dynamo.frontend.router.intake import KvIntake
 from dynamo.frontend.router.kv import KvRouter
 from dynamo.frontend.router.settings import KvRouterSettings, RouterObserver
-from dynamo.llm.disagg import remote_prefill
-from dynamo.llm.errors import NoWorkersError, WorkerError
+from dynamo.llm.disagg import disaggregated
+from dynamo.llm.errors import NoWorkersError, PrefillError, WorkerError
 from dynamo.llm.model_card import ModelCard, Role
 from dynamo.llm.model_pool import SERVING_ROLES, ModelPool, card_of
-from dynamo.llm.protocol import DisaggregatedParams, FinishReason, GenerateOutput, GenerateRequest, Usage
+from dynamo.llm.protocol import FinishReason, GenerateOutput, GenerateRequest, Usage
 from dynamo.llm.transport import DEFAULT_TRANSPORT
 from dynamo.llm.worker_group import WorkerGroup
 from dynamo.runtime.discovery import Discovery, open_discovery
+from dynamo.runtime.discovery.records import InstanceRecord
 from dynamo.runtime.rpc.client import NoInstancesError
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,11 @@ class WorkerServingBackend:
             try:
                 card = card_of(record)
                 if remote and card is not None and card.role is Role.DECODE:
-                    request = dataclasses.replace(request, disaggregated_params=await self._prefill(prefill, request))
+                    outputs = self._disaggregated(prefill, decode, record, request)
+                else:
+                    outputs = decode.generate(record, request)
                 first = True
-                async for out in decode.generate(record, request):
+                async for out in outputs:
                     if first and out.token_ids:
                         first = False
                         decision.first_token()
@@ -136,17 +139,21 @@ class WorkerServingBackend:
             finally:
                 decision.finished(usage)
 
-    async def _prefill(self, prefill: WorkerGroup, request: GenerateRequest) -> DisaggregatedParams:
-        """The prompt's prefill on a prefill worker (the router's pick); its handoff for the decode side."""
+    async def _disaggregated(self, prefill: WorkerGroup, decode: WorkerGroup, record: InstanceRecord,
+                             request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        """The prompt prefilled on a prefill worker (the router's pick), the rest on `record`, in
+        the prefill worker's handoff mode (dynamo.llm.disagg)."""
         try:
             decision = self._route(prefill, request, PREFILL_ROLES)
         except NoInstancesError as e:
             raise WorkerFailed(str(e)) from e
         usage: list[Usage] = []
         try:
-            return await remote_prefill(prefill, request, self.prefill_timeout, decision.record,
-                                        on_output=lambda out: usage.append(out.usage) if out.usage else None)
-        except (WorkerError, NoWorkersError) as e:
+            async for out in disaggregated(prefill, decision.record, request, self.prefill_timeout,
+                                           lambda r: decode.generate(record, r),
+                                           on_prefill_output=lambda o: usage.append(o.usage) if o.usage else None):
+                yield out
+        except (PrefillError, NoWorkersError) as e:
             raise WorkerFailed(str(e)) from e
         finally:
             decision.finished(usage[-1] if usage else None)

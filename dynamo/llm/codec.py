@@ -9,6 +9,7 @@ import json
 
 from dynamo.llm.proto import worker_pb2 as pb
 from dynamo.llm.protocol import (
+    Bootstrap,
     DisaggregatedParams,
     EngineStats,
     FinishReason,
@@ -90,6 +91,8 @@ def request_to_pb(r: GenerateRequest) -> pb.GenerateRequest:
     if r.disaggregated_params is not None:
         disagg_to_pb(r.disaggregated_params, m.disaggregated_params)
     m.annotations.update(r.annotations)
+    if r.bootstrap is not None:
+        m.bootstrap.host, m.bootstrap.port, m.bootstrap.room = r.bootstrap.host, r.bootstrap.port, r.bootstrap.room
     return m
 
 
@@ -102,9 +105,11 @@ def request_from_pb(m: pb.GenerateRequest) -> GenerateRequest:
     output = OutputOptions(logprobs=_opt(m.output, "logprobs"),  # type: ignore[arg-type]
                            skip_special_tokens=m.output.skip_special_tokens)
     disagg = disagg_from_pb(m.disaggregated_params) if m.HasField("disaggregated_params") else None
+    bootstrap = (Bootstrap(m.bootstrap.host, m.bootstrap.port, m.bootstrap.room)
+                 if m.HasField("bootstrap") else None)
     return GenerateRequest(request_id=m.request_id, token_ids=list(m.token_ids), model=m.model,
                            sampling=sampling, stop=stop, output=output, disaggregated_params=disagg,
-                           annotations=dict(m.annotations))
+                           annotations=dict(m.annotations), bootstrap=bootstrap)
 
 
 # --- outputs ---------------------------------------------------------------------------------

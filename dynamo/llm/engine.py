@@ -32,6 +32,12 @@ class LLMEngine(abc.ABC):
     name: str = "engine"
     #: one line for `python -m dynamo.<name> --help`
     description: str = ""
+    #: whether the engine meets a prefill's KV in a bootstrap room (GenerateRequest.bootstrap;
+    #: dynamo.llm.disagg); the shell refuses such requests for an engine that cannot
+    bootstrap_handoff: bool = False
+    #: whether the engine's decode role can only continue a prefill worker's KV (SGLang's): the
+    #: shell then never prefills locally on it, and skips its generation canary
+    decode_needs_handoff: bool = False
 
     def __init__(self, role: Role = Role.AGGREGATED) -> None:
         if not isinstance(role, Role):

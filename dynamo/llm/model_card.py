@@ -38,6 +38,9 @@ class ModelCard:
     chat_template: str | None = None  # None: the tokenizer's own
     vocab_size: int = 0
     eos_token_ids: list[int] = field(default_factory=list)
+    # A prefill worker in bootstrap-mode disaggregation (SGLang): "host:port" where decode workers
+    # meet its KV. None: pull mode (the decode side pulls the KV with the prefill's result).
+    bootstrap_endpoint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

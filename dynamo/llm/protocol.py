@@ -113,6 +113,23 @@ class DisaggregatedParams:
 
 
 @dataclass
+class Bootstrap:
+    """Bootstrap-mode disaggregation: where a prefill worker's KV for this request can be met
+    (host:port, its model card's bootstrap endpoint) and under which room. Prefill and decode
+    requests carry the same one and run at the same time (dynamo.llm.disagg)."""
+
+    host: str
+    port: int
+    room: int
+
+    def validate(self) -> None:
+        if not self.host or not 0 < self.port < 65536:
+            raise InvalidRequest(f"bootstrap needs the prefill worker's host and port, got {self.host}:{self.port}")
+        if not 0 <= self.room < 2**63:
+            raise InvalidRequest(f"bootstrap.room must be in [0, 2^63), got {self.room}")
+
+
+@dataclass
 class GenerateRequest:
     request_id: str
     token_ids: list[int]
@@ -122,6 +139,7 @@ class GenerateRequest:
     output: OutputOptions = field(default_factory=OutputOptions)
     disaggregated_params: DisaggregatedParams | None = None
     annotations: dict[str, str] = field(default_factory=dict)
+    bootstrap: Bootstrap | None = None  # bootstrap-mode disaggregation (the room to meet in)
 
     def validate_common(self, *, vocab_size: int, context_length: int, served_model: str | None = None
                         ) -> None:
@@ -142,6 +160,11 @@ class GenerateRequest:
         self.sampling.validate()
         self.stop.validate()
         self.output.validate()
+        if self.bootstrap is not None:
+            self.bootstrap.validate()
+            if self.disaggregated_params is not None:
+                raise InvalidRequest("a request carries either a prefill's result (disaggregated_params) or a "
+                                     "bootstrap room to meet it in, not both")
         if self.stop.max_tokens is not None and len(self.token_ids) + self.stop.max_tokens > context_length:
             raise InvalidRequest(
                 f"prompt ({len(self.token_ids)} tokens) + max_tokens ({self.stop.max_tokens}) exceeds "
@@ -186,6 +209,7 @@ class EngineInfo:
     kv_block_size: int
     total_kv_blocks: int
     eos_token_ids: list[int] = field(default_factory=list)
+    bootstrap_port: int | None = None  # a bootstrap-mode prefill engine's rendezvous port (dynamo.llm.disagg)
 
 
 @dataclass

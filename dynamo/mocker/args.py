@@ -21,6 +21,7 @@ DEFAULT_VOCAB_SIZE = 32000
 DEFAULT_MAX_MODEL_LEN = 8192
 # A nominal 8B Llama: 2 (K and V) x 32 layers x 8 KV heads x 128 head dim x 2 bytes (bf16).
 DEFAULT_KV_BYTES_PER_TOKEN = 2 * 32 * 8 * 128 * 2
+HANDOFF_MODES = ("pull", "bootstrap")
 
 
 @dataclass
@@ -95,6 +96,11 @@ class MockerConfig:
     mocker_seed: int = 0
     eos_rate: float = 0.0  # probability per output token of emitting EOS (0: never, run to max_tokens)
     kv_event_buffer: int = 10000  # KV events kept for a slow reader; the oldest are dropped first
+    # prefill -> decode handoff (disagg.py): "pull" (the decode side brings the prefill's result,
+    # as vLLM) or "bootstrap" (prefill and decode run together and meet in a room, as SGLang)
+    handoff: str = "pull"
+    bootstrap_port: int = 0  # a bootstrap-mode prefill worker's rendezvous port (0: a free one)
+    bootstrap_timeout: float = 60.0  # the most a decode side waits in its room
     timing: TimingModel = field(default_factory=TimingModel)
 
     def __post_init__(self) -> None:
@@ -117,6 +123,12 @@ class MockerConfig:
         bad_eos = [t for t in self.eos_token_ids if not 0 <= t < self.vocab_size]
         if bad_eos:
             raise ValueError(f"eos token ids {bad_eos} are outside the vocabulary of {self.vocab_size}")
+        if self.handoff not in HANDOFF_MODES:
+            raise ValueError(f"--disaggregation-handoff must be one of {', '.join(HANDOFF_MODES)}, got {self.handoff!r}")
+        if not 0 <= self.bootstrap_port < 65536:
+            raise ValueError(f"--disaggregation-bootstrap-port must be in [0, 65535], got {self.bootstrap_port}")
+        if not self.bootstrap_timeout > 0:
+            raise ValueError(f"--bootstrap-timeout must be > 0 s, got {self.bootstrap_timeout}")
         self.timing.validate()
 
     @property
@@ -184,6 +196,16 @@ def add_mocker_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mocker-seed", type=int, default=0, help="seed of the simulated output tokens")
     g.add_argument("--mocker-eos-rate", type=float, default=0.0,
                    help="probability per token of ending with EOS (0: generate up to max_tokens)")
+    g.add_argument("--disaggregation-handoff", choices=HANDOFF_MODES, default="pull",
+                   help="how a prefill worker hands its KV to a decode worker: 'pull' (the decode request "
+                        "brings the prefill's result, as vLLM's NIXL connector) or 'bootstrap' (the prefill "
+                        "worker serves a rendezvous port; prefill and decode run at the same time and meet "
+                        "in a room, as SGLang)")
+    g.add_argument("--disaggregation-bootstrap-port", type=int, default=0,
+                   help="bootstrap mode, prefill worker: the rendezvous port (default 0: a free one, "
+                        "published in the model card)")
+    g.add_argument("--bootstrap-timeout", type=float, default=60.0,
+                   help="bootstrap mode, decode side: seconds to wait in a room for the prefill's KV")
     g.add_argument("--mocker-timing", default=None, metavar="JSON",
                    help="step cost model: a JSON object replacing fields of the default (Llama-3-8B on "
                         "one H100), e.g. '{\"step_overhead_ms\": 5, \"decode_ms_per_context_token\": 1e-4}'; "
@@ -217,5 +239,6 @@ def mocker_config_from_namespace(ns: argparse.Namespace) -> MockerConfig:
         max_num_batched_tokens=ns.max_num_batched_tokens, enable_prefix_caching=ns.enable_prefix_caching,
         speedup_ratio=ns.speedup_ratio, kv_transfer_bandwidth=ns.kv_transfer_bandwidth,
         kv_bytes_per_token=ns.kv_bytes_per_token, mocker_seed=ns.mocker_seed, eos_rate=ns.mocker_eos_rate,
-        timing=timing,
+        handoff=ns.disaggregation_handoff, bootstrap_port=ns.disaggregation_bootstrap_port,
+        bootstrap_timeout=ns.bootstrap_timeout, timing=timing,
     )

@@ -24,6 +24,13 @@ see dynamo/llm/disagg.py):
   still equals the aggregated one). `first_token_ids` is informational: do not prepend it.
   usage.cached_tokens = the prompt length (its KV came from the prefill worker).
 - role decode without params: the request is prefilled locally, as in "agg".
+
+Bootstrap handoff (--disaggregation-handoff bootstrap, SGLang's way; bootstrap.py): the prefill
+worker serves a rendezvous port, advertised through EngineInfo.bootstrap_port. Prefill and decode
+requests carry the same `bootstrap` room and run at the same time; the prefill publishes the same
+payload to the room when it finishes (or a failure when it is cancelled or fails), and the decode
+side waits in the room (state TRANSFERRING) before its simulated transfer. What the decode side
+then streams is exactly as in pull mode.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ import logging
 from collections.abc import AsyncIterator
 
 from dynamo.llm.engine import EngineError, LLMEngine
+from dynamo.llm.errors import PrefillError
 from dynamo.llm.model_card import ModelSource, Role
 from dynamo.llm.protocol import (
+    DisaggregatedParams,
     EngineInfo,
     EngineStats,
     FinishReason,
@@ -47,6 +56,7 @@ from dynamo.llm.protocol import (
 )
 from dynamo.mocker import disagg
 from dynamo.mocker.args import MockerConfig, add_mocker_args, mocker_config_from_namespace
+from dynamo.mocker.bootstrap import BootstrapError, BootstrapServer, meet
 from dynamo.mocker.events import KvEventBuffer
 from dynamo.mocker.kv_cache import KvCache
 from dynamo.mocker.scheduler import Scheduler
@@ -62,6 +72,7 @@ _NOTHING: frozenset[int] = frozenset()
 class MockerEngine(LLMEngine):
     name = "mocker"
     description = "Dynamo worker over a simulated engine (no GPU, no weights)."
+    bootstrap_handoff = True  # with --disaggregation-handoff bootstrap on the prefill side (bootstrap.py)
 
     def __init__(self, config: MockerConfig, role: Role = Role.AGGREGATED) -> None:
         super().__init__(role)
@@ -81,6 +92,8 @@ class MockerEngine(LLMEngine):
         self._failure: BaseException | None = None
         self._generated_tokens = 0
         self._finished_requests = 0
+        self._bootstrap: BootstrapServer | None = None
+        self._rooms: dict[str, int] = {}  # prefill side: request id -> its bootstrap room
 
     # --- command line -----------------------------------------------------------------------
     @classmethod
@@ -101,6 +114,14 @@ class MockerEngine(LLMEngine):
     async def start(self) -> EngineInfo:
         if self._task is not None:
             raise EngineError("MockerEngine.start() called twice")
+        if self.role is Role.PREFILL and self.config.handoff == "bootstrap":
+            self._bootstrap = BootstrapServer(port=self.config.bootstrap_port,
+                                              keep_s=self.config.bootstrap_timeout)
+            try:
+                await self._bootstrap.start()
+            except OSError as e:
+                raise EngineError(f"cannot serve the bootstrap port {self.config.bootstrap_port}: {e}") from None
+            log.info("bootstrap handoff: serving rooms on port %d", self._bootstrap.port)
         self._task = asyncio.create_task(self._run(), name="mocker-engine-loop")
         log.info("mocker engine started: role=%s blocks=%d x %d tokens, context %d, speedup %.1f",
                  self.role.value, self.config.num_gpu_blocks, self.config.block_size, self.context_length,
@@ -111,7 +132,8 @@ class MockerEngine(LLMEngine):
     def info(self) -> EngineInfo:
         return EngineInfo(vocab_size=self.config.vocab_size, context_length=self.context_length,
                           kv_block_size=self.config.block_size, total_kv_blocks=self.config.num_gpu_blocks,
-                          eos_token_ids=list(self._sampler.eos_token_ids))
+                          eos_token_ids=list(self._sampler.eos_token_ids),
+                          bootstrap_port=self._bootstrap.port if self._bootstrap is not None else None)
 
     async def shutdown(self) -> None:
         if self._task is not None:
@@ -122,6 +144,8 @@ class MockerEngine(LLMEngine):
                 pass
         for seq in list(self._requests.values()):
             self._finish(seq, FinishReason.ERROR, error="the engine shut down")
+        if self._bootstrap is not None:
+            await self._bootstrap.stop()
         self._events.close()
 
     async def check_health(self) -> None:
@@ -136,7 +160,9 @@ class MockerEngine(LLMEngine):
         sink = seq.sink
         self._requests[seq.request_id] = seq
         try:
-            if transfer_s > 0:
+            if request.bootstrap is not None and self.role is not Role.PREFILL:
+                transfer_s = await self._meet(seq, request)
+            if transfer_s > 0 and seq.state is not SeqState.FINISHED:
                 seq.state = SeqState.TRANSFERRING
                 self._num_transferring += 1
                 try:
@@ -185,16 +211,42 @@ class MockerEngine(LLMEngine):
             seed=request_seed(self.config.mocker_seed, prompt, request.sampling), max_tokens=max_tokens,
             min_tokens=stop.min_tokens or 0, stop_token_ids=frozenset(stop.stop_token_ids),
             ignore_eos=stop.ignore_eos, logprobs=request.output.logprobs, block_size=self.config.block_size)
+        if request.bootstrap is not None and self.role is Role.PREFILL:
+            if self._bootstrap is None:
+                raise InvalidRequest("this prefill worker hands its KV over in pull mode and serves no bootstrap "
+                                     "rooms; send it requests without bootstrap")
+            self._rooms[seq.request_id] = request.bootstrap.room
         params = request.disaggregated_params
         if params is None:
             return seq, 0.0
+        return seq, self._accept_remote_kv(seq, params)
+
+    def _accept_remote_kv(self, seq: Sequence, params: DisaggregatedParams) -> float:
+        """Check a prefill's result against `seq`; its KV arrives after the returned transfer time."""
+        prompt = seq.tokens[:seq.prompt_len]
         disagg.validate_params(params, prompt=prompt, expected_block_hashes=seq.prompt_block_hashes(),
                                block_size=self.config.block_size, mocker_seed=self.config.mocker_seed,
                                vocab_size=self.config.vocab_size)
         seq.remote_kv_tokens = len(prompt) - 1  # the last position is recomputed to sample the first token
         seq.cached_tokens = len(prompt)
-        return seq, transfer_seconds(len(prompt), self.config.kv_bytes_per_token,
-                                     self.config.kv_transfer_bandwidth, self.config.speedup_ratio)
+        return transfer_seconds(len(prompt), self.config.kv_bytes_per_token,
+                                self.config.kv_transfer_bandwidth, self.config.speedup_ratio)
+
+    async def _meet(self, seq: Sequence, request: GenerateRequest) -> float:
+        """Decode side, bootstrap mode: wait in the room for the prefill's KV; its transfer time."""
+        room = request.bootstrap
+        assert room is not None
+        seq.state = SeqState.TRANSFERRING
+        self._num_transferring += 1
+        try:
+            answer = await meet(room.host, room.port, room.room, self.config.bootstrap_timeout)
+        except BootstrapError as e:  # the prefill side failed or vanished: the request may go elsewhere
+            raise PrefillError(str(e)) from None
+        finally:
+            self._num_transferring -= 1
+        params = DisaggregatedParams(engine=disagg.ENGINE_NAME, payload=answer.get("payload") or {},
+                                     first_token_ids=list(answer.get("first_token_ids") or []))
+        return self._accept_remote_kv(seq, params)
 
     # --- the engine loop --------------------------------------------------------------------
     async def _run(self) -> None:
@@ -263,11 +315,17 @@ class MockerEngine(LLMEngine):
         sink = seq.sink
         sink.finish_reason = reason
         sink.error = error
+        room = self._rooms.pop(seq.request_id, None)
         if self.role is Role.PREFILL and reason is not FinishReason.CANCELLED and reason is not FinishReason.ERROR:
-            sink.disaggregated_params = disagg.make_params(
+            params = disagg.make_params(
                 prompt=seq.tokens[:seq.prompt_len], block_hashes=seq.prompt_block_hashes(),
                 block_size=self.config.block_size, mocker_seed=self.config.mocker_seed,
                 kv_bytes_per_token=self.config.kv_bytes_per_token, first_token_ids=seq.output_ids)
+            sink.disaggregated_params = params
+            if room is not None and self._bootstrap is not None:
+                self._bootstrap.publish(room, params.payload, params.first_token_ids)
+        elif room is not None and self._bootstrap is not None:
+            self._bootstrap.fail(room, error or f"the prefill request was {reason.value}")
         sink.event.set()
 
     @staticmethod

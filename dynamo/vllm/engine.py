@@ -26,6 +26,7 @@ from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from dynamo.llm.engine import EngineError, LLMEngine
+from dynamo.llm.kv_event_zmq import KvEventSubscriber
 from dynamo.llm.model_card import ModelSource, Role
 from dynamo.llm.protocol import (
     DisaggregatedParams,
@@ -53,7 +54,6 @@ from dynamo.vllm.convert import (
     logprobs_of,
     sampling_params_for,
 )
-from dynamo.vllm.kv_events import KvEventSubscriber
 from dynamo.vllm.stats import StatsSink
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import random
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -58,7 +61,7 @@ async def start_worker(spec: BackendSpec, model: Path, discovery: Path, role: st
         pytest.skip(reason)
     role_args = [] if role == "agg" else ["--disaggregation-mode", role]
     w = WorkerProcess(spec.name, [*spec.args(model), *spec.role_args.get(role, []), *role_args, *extra], discovery,
-                      env=spec.env.get(role, {}), name=f"{spec.name}-{role}")
+                      env=spec.env.get(role, {}), name=f"{spec.id}-{role}")
     return await w.ready(spec.startup_timeout)
 
 
@@ -156,7 +159,9 @@ async def test_eos_ends_generation_unless_ignored(agg: WorkerProcess, spec: Back
     assert outs[-1].finish_reason is FinishReason.EOS
 
 
-async def test_seeded_sampling_is_reproducible(agg: WorkerProcess) -> None:
+async def test_seeded_sampling_is_reproducible(agg: WorkerProcess, spec: BackendSpec) -> None:
+    if spec.seeded_sampling:
+        pytest.skip(spec.seeded_sampling)
     p = prompt(3, 20)
     sampling = SamplingOptions(temperature=1.0, top_p=0.95, top_k=50, seed=1234)
     a = tokens(await agg.generate(req(p, max_tokens=24, sampling=sampling)))
@@ -451,6 +456,29 @@ async def test_greedy_equals_reference(agg: WorkerProcess, tiny_model_dir: Path)
     assert got == expected
 
 
+@pytest.mark.real_weights
+@pytest.mark.engine_reference
+async def test_greedy_equals_the_engine_in_process(agg: WorkerProcess, spec: BackendSpec, tiny_model_dir: Path
+                                                   ) -> None:
+    """The worker through gRPC against the engine's own Python API in a process of its own (same flags)."""
+    prompts = [prompt(30 + i, 10 + 9 * i) for i in range(4)]
+    got = [tokens(await agg.generate(req(p, max_tokens=24))) for p in prompts]
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", str(spec.engine_reference), json.dumps(spec.args(tiny_model_dir)),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **spec.env.get("agg", {})}, process_group=0)
+    try:
+        out, err = await asyncio.wait_for(child.communicate(json.dumps({"prompts": prompts, "max_tokens": 24}).encode()),
+                                          spec.startup_timeout)
+    finally:
+        if child.returncode is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            await child.wait()
+    assert child.returncode == 0, err.decode(errors="replace")[-3000:]
+    expected = json.loads(out.decode().strip().splitlines()[-1])["outputs"]
+    assert got == expected
+
+
 # --- disaggregated prefill/decode ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -490,6 +518,7 @@ async def test_prefill_decode_equals_aggregated(agg: WorkerProcess, disagg: tupl
 
 
 @pytest.mark.disagg
+@pytest.mark.pull_handoff
 async def test_prefill_worker_gets_one_token_requests(disagg: tuple[WorkerProcess, WorkerProcess]) -> None:
     prefill, _ = disagg
     outs = await prefill.generate(req(prompt(60, 50), max_tokens=16))

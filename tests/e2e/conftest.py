@@ -22,7 +22,7 @@ async def start_worker(spec: BackendSpec, tmp: Path, model: Path, namespace: str
     role_args = [] if role == "agg" else ["--disaggregation-mode", role]
     w = WorkerProcess(spec.name, [*spec.args(model), *spec.role_args.get(role, []), "--served-model-name", SERVED,
                                   *role_args], tmp,
-                      namespace=namespace, env=spec.env.get(role, {}), name=f"{spec.name}-{namespace}-{role}")
+                      namespace=namespace, env=spec.env.get(role, {}), name=f"{spec.id}-{namespace}-{role}")
     return await w.ready(spec.startup_timeout)
 
 
@@ -43,7 +43,7 @@ class Serving:
 async def serving(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                   tiny_model_dir: Path) -> AsyncIterator[Serving]:
     spec: BackendSpec = request.param
-    tmp = tmp_path_factory.mktemp(f"e2e-{spec.name}")
+    tmp = tmp_path_factory.mktemp(f"e2e-{spec.id}")
     workers: list[WorkerProcess] = []
     frontends: list[FrontendProcess] = []
     try:

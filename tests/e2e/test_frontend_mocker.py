@@ -257,3 +257,54 @@ async def test_frontend_without_workers_then_with_one_then_drained(tmp_path: Pat
         assert await asyncio.to_thread(fe.proc.wait, 30) == 0
     finally:
         fe.close()
+
+
+async def test_bootstrap_handoff_survives_nothing_hanging_when_the_prefill_worker_dies(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Bootstrap mode (SGLang's): the frontend starts prefill and decode together in one room. The
+    prefill worker is SIGKILLed mid-handoff: the client gets an error within 10 s, the decode worker
+    drops its side, and the frontend keeps serving once a prefill worker is back."""
+    slow_prefill = ["--disaggregation-mode", "prefill", "--disaggregation-handoff", "bootstrap",
+                    "--speedup-ratio", "0.005"]  # a 400-token prefill takes seconds
+    prefill = await start_mocker(tmp_path, tiny_model_dir, *slow_prefill, name="bootstrap-prefill")
+    decode = await start_mocker(tmp_path, tiny_model_dir, "--disaggregation-mode", "decode",
+                                "--speedup-ratio", "50", name="bootstrap-decode")
+    fe = FrontendProcess(tmp_path)
+    try:
+        assert prefill.card["bootstrap_endpoint"].startswith("127.0.0.1:")
+        await fe.wait_models({tiny_model_dir.name})
+        client = fe.client(timeout=30)
+        ask = client.completions.create(model=tiny_model_dir.name, prompt="word " * 400, max_tokens=8)
+        call = asyncio.create_task(ask)
+        deadline = time.monotonic() + 20
+        while (await decode.stats()).waiting_requests < 1:  # the decode side waits in its room
+            assert not call.done() and time.monotonic() < deadline, "the decode side never entered its room"
+            await asyncio.sleep(0.02)
+        assert prefill.metric("dynamo_worker_inflight_requests") == 1  # both sides run at once
+        t0 = time.monotonic()
+        prefill.signal(signal.SIGKILL)
+        with pytest.raises(openai.APIError):
+            await asyncio.wait_for(call, 10)
+        assert time.monotonic() - t0 < 10
+        assert await decode.wait_unfinished(0, timeout=10) == 0, "the decode side kept the dead handoff"
+        assert (await decode.stats()).inflight_requests == 0
+        # a new prefill worker: the graph serves again, disaggregated
+        await prefill.close()
+        prefill = await start_mocker(tmp_path, tiny_model_dir, "--disaggregation-mode", "prefill",
+                                     "--disaggregation-handoff", "bootstrap", name="bootstrap-prefill-2")
+        remote_before = decode.metric("dynamo_worker_prefills_total", location="remote")
+        deadline = time.monotonic() + 30
+        while True:  # until the frontend has dropped the dead prefill instance and found the new one
+            try:
+                ok = await client.completions.create(model=tiny_model_dir.name, prompt="word " * 50, max_tokens=4)
+                break
+            except openai.APIError:
+                assert time.monotonic() < deadline, "the frontend never recovered"
+                await asyncio.sleep(0.2)
+        assert ok.usage is not None and ok.usage.completion_tokens == 4
+        assert ok.usage.prompt_tokens_details is not None and ok.usage.prompt_tokens_details.cached_tokens
+        assert decode.metric("dynamo_worker_prefills_total", location="remote") > remote_before
+    finally:
+        fe.close()
+        for w in (prefill, decode):
+            await w.close()

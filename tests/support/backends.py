@@ -33,13 +33,22 @@ class BackendSpec:
     real_weights: bool = True  # greedy output must equal a reference run of the same weights
     double: str | None = None  # the engine is a test double: why the real-numerics checks cannot run
     disagg: bool = True  # prefill and decode workers
+    # a prefill worker answers a request without a bootstrap room with its handoff params (pull
+    # mode; a bootstrap-mode mocker does both). SGLang's prefill serves only requests with a room.
+    pull_handoff: bool = True
     clears_kv_cache: bool = True  # ClearKvBlocks drops the prefix cache (else: UNIMPLEMENTED)
+    seeded_sampling: str | None = None  # None, or why a per-request seed does not reproduce a sample here
+    # a module that prints the engine's own greedy output in-process, given its flags (the
+    # reference for a worker of the same engine, beside the HF one): python -m MODULE FLAGS_JSON
+    engine_reference: str | None = None
     engine_metric: str | None = None  # a series of the engine's own that /metrics must also show
     transfer_log: str | None = None  # what the decode worker logs after a KV transfer
 
+    variant: str | None = None  # a second way to run the same engine (its id's suffix)
+
     @property
     def id(self) -> str:
-        return f"{self.name}-double" if self.double else self.name
+        return f"{self.name}-{self.variant}" if self.variant else f"{self.name}-double" if self.double else self.name
 
     def param(self) -> object:
         """This backend as a pytest parameter, with its marks."""
@@ -57,6 +66,16 @@ MOCKER = BackendSpec(
     args=lambda model: ["--model", str(model), "--speedup-ratio", "50", "--block-size", "16",
                         "--num-gpu-blocks", "4096", "--mocker-eos-rate", "0.05"],
     startup_timeout=60,
+    real_weights=False,
+)
+
+# The mocker handing KV over SGLang's way: prefill and decode run together and meet in a room.
+MOCKER_BOOTSTRAP = BackendSpec(
+    name="mocker",
+    variant="bootstrap",
+    args=MOCKER.args,
+    startup_timeout=60,
+    role_args={"prefill": ["--disaggregation-handoff", "bootstrap"]},
     real_weights=False,
 )
 
@@ -107,10 +126,50 @@ TRTLLM = BackendSpec(  # the real engine, where it is installed (a GPU machine: 
     clears_kv_cache=False,
 )
 
-ALL_BACKENDS = [MOCKER, VLLM, TRTLLM_DOUBLE, TRTLLM]
+# SGLang needs a torch of its own: it lives in .venv-sglang (scripts/setup-sglang.sh), whose pytest
+# runs the sglang tier (scripts/test.sh). On CPU its engine needs SGLANG_USE_CPU_ENGINE and a
+# stand-in for one function of its CUDA-only kernel package (tests/support/sglang_standin).
+_SGLANG_ENV = {"SGLANG_USE_CPU_ENGINE": "1", "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "support" / "sglang_standin"), str(REPO)])}
+SGLANG = BackendSpec(
+    name="sglang",
+    args=lambda model: ["--model-path", str(model), "--attention-backend", "torch_native", "--dtype", "float32",
+                        "--disable-cuda-graph", "--context-length", "1024", "--max-total-tokens", "16384",
+                        "--page-size", "16"],
+    startup_timeout=400,
+    env={role: {**_SGLANG_ENV, "SGLANG_CPU_OMP_THREADS_BIND": core}
+         for role, core in (("agg", "0"), ("prefill", "0"), ("decode", "1"))},
+    marks=(pytest.mark.sglang,),
+    available=need_module("sglang", "SGLang is not installed in this environment: scripts/setup-sglang.sh makes "
+                                    ".venv-sglang, whose pytest runs the sglang tier (scripts/test.sh)"),
+    # No SGLang transfer backend moves KV on CPU (README: "SGLang on CPU"); bootstrap-mode
+    # orchestration is tested with the mocker (mocker-bootstrap), the real P/D by tests/gpu/.
+    disagg=False,
+    pull_handoff=False,
+    seeded_sampling=("SGLang honours a request's seed only with --enable-deterministic-inference, which "
+                     "its CPU attention backend (torch_native) does not support"),
+    engine_metric="sglang:max_total_num_tokens",
+    engine_reference="tests.support.sglang_reference",
+)
+
+SGLANG_GPU = BackendSpec(  # the real engine on a GPU machine, P/D over NIXL (tests/gpu/run_sglang.sh)
+    name="sglang",
+    variant="gpu",
+    args=lambda model: ["--model-path", str(model), "--context-length", "1024", "--page-size", "16",
+                        "--mem-fraction-static", "0.25", "--disaggregation-transfer-backend", "nixl"],
+    startup_timeout=600,
+    env={role: {"HF_HUB_OFFLINE": "1"} for role in ("agg", "prefill", "decode")},
+    marks=(pytest.mark.sglang, pytest.mark.gpu),
+    available=need_module("sglang", "SGLang is not installed (a GPU machine: see tests/gpu/README.md)"),
+    pull_handoff=False,
+    engine_metric="sglang:max_total_num_tokens",
+    engine_reference="tests.support.sglang_reference",
+)
+
+ALL_BACKENDS = [MOCKER, MOCKER_BOOTSTRAP, VLLM, TRTLLM_DOUBLE, TRTLLM, SGLANG, SGLANG_GPU]
 
 
-def selected_backends(default: tuple[str, ...] = ("mocker", "vllm", "trtllm-double")) -> list[BackendSpec]:
+def selected_backends(default: tuple[str, ...] = ("mocker", "mocker-bootstrap", "vllm", "trtllm-double")) -> list[BackendSpec]:
     """The backends the suites run: DYN_TEST_BACKENDS (ids, comma-separated; tests/gpu/ sets it), else
     everything this kind of machine can run."""
     wanted = [w.strip() for w in os.environ.get("DYN_TEST_BACKENDS", ",".join(default)).split(",") if w.strip()]

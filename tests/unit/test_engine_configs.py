@@ -15,7 +15,7 @@ VLLM_FILES = sorted((CONFIGS / "vllm").glob("*/*.yaml"))
 
 
 def test_every_model_has_every_role() -> None:
-    for engine in ("trtllm", "vllm"):
+    for engine in ("trtllm", "vllm", "sglang"):
         models = sorted(p.name for p in (CONFIGS / engine).iterdir() if p.is_dir())
         assert models == ["deepseek-r1-distill-llama-8b", "llama-3.1-8b-instruct", "qwen3-0.6b"], engine
         for model in models:

@@ -46,6 +46,9 @@ class ClientGoneContext:
 class CountingEngineStream:
     """Yields one token per step until closed; records that it was closed (the engine abort)."""
 
+    name = "counting"
+    bootstrap_handoff = False
+
     def __init__(self) -> None:
         self.closed = asyncio.Event()
 

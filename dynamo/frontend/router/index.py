@@ -16,7 +16,7 @@ purged at once; a restarted worker registers under a new instance id and starts 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -38,7 +38,7 @@ class _Worker:
     block_size: int
     engine_to_router: dict[int, int] = field(default_factory=dict)  # engine block hash -> router hash
     held: dict[int, int] = field(default_factory=dict)  # router hash -> how many engine blocks map to it
-    guessed: OrderedDict[int, float] = field(default_factory=OrderedDict)  # router hash -> expiry
+    guessed: dict[int, float] = field(default_factory=dict)  # router hash -> latest expiry
     next_event_id: int | None = None
 
 
@@ -50,6 +50,7 @@ class KvIndex:
         self._next_bit = 0
         self._held: dict[int, int] = {}  # router hash -> bitmask of workers whose events say they hold it
         self._guessed: dict[int, int] = {}  # router hash -> bitmask of workers guessed to hold it
+        self._expiries: deque[tuple[float, str, Sequence[int]]] = deque()  # guesses in expiry order
         self.counters = IndexCounters()
 
     # --- workers -------------------------------------------------------------------------------
@@ -183,28 +184,30 @@ class KvIndex:
     def guess(self, worker_id: str, hashes: Sequence[int], ttl: float) -> None:
         """Assume `worker_id` holds `hashes` for `ttl` seconds (refreshing earlier guesses)."""
         worker = self._workers.get(worker_id)
-        if worker is None or ttl <= 0:
+        if worker is None or ttl <= 0 or not hashes:
             return
         expiry = self._clock() + ttl  # type: ignore[operator]
         bit = 1 << worker.bit
-        guessed = worker.guessed
-        for h in hashes:
-            guessed[h] = expiry
-            guessed.move_to_end(h)
-            self._guessed[h] = self._guessed.get(h, 0) | bit
+        table = self._guessed
+        get = table.get
+        worker.guessed.update(dict.fromkeys(hashes, expiry))  # (C loops: this runs on every decision)
+        table.update({h: get(h, 0) | bit for h in hashes})
+        self._expiries.append((expiry, worker_id, hashes))
 
     def expire(self) -> None:
-        """Drop guesses past their TTL (each worker's are in expiry order)."""
+        """Drop guesses past their TTL (a hash guessed again later keeps its newer expiry)."""
         now = self._clock()  # type: ignore[operator]
-        for worker in self._workers.values():
-            guessed = worker.guessed
-            mask = ~(1 << worker.bit)
-            while guessed:
-                h, expiry = next(iter(guessed.items()))
-                if expiry > now:
-                    break
-                del guessed[h]
-                self._clear_bit(self._guessed, h, mask)
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            expiry, worker_id, hashes = expiries.popleft()
+            worker = self._workers.get(worker_id)
+            if worker is None:
+                continue  # purged since
+            guessed, mask = worker.guessed, ~(1 << worker.bit)
+            for h in hashes:
+                if guessed.get(h) == expiry:
+                    del guessed[h]
+                    self._clear_bit(self._guessed, h, mask)
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -225,7 +228,9 @@ class KvIndex:
         held, guessed = self._held, self._guessed
         depth = 0
         for h in hashes:
-            now = (held.get(h, 0) | guessed.get(h, 0)) & alive
+            now = held.get(h, 0) & alive
+            if now != alive:  # (a second lookup only where the events do not cover everyone)
+                now |= guessed.get(h, 0) & alive
             gone = alive & ~now
             while gone:
                 low = gone & -gone
@@ -240,6 +245,19 @@ class KvIndex:
             result[bits[low.bit_length() - 1]] = depth
             alive ^= low
         return result
+
+    def held_depth(self, hashes: Sequence[int], worker_id: str) -> int:
+        """How many leading blocks of `hashes` the worker's own events say it holds."""
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            return 0
+        held = worker.held
+        depth = 0
+        for h in hashes:
+            if h not in held:
+                break
+            depth += 1
+        return depth
 
     def summary(self) -> dict[str, object]:
         """For /v1/router/state and the metrics: sizes per worker and in all."""

@@ -110,7 +110,9 @@ class KvRouter:
         size = sizes[chosen.worker_id]
         cached = min(chosen.overlap_blocks * size, ((len(prompt) - 1) // size) * size)
         ttl = self.settings.predicted_ttl if self.settings.kv_events else self.settings.approximate_ttl
-        self.index.guess(chosen.worker_id, hashes_by_size[size], ttl)
+        if ttl > 0:  # what its engine's events already vouch for needs no guess
+            hashes = hashes_by_size[size]
+            self.index.guess(chosen.worker_id, hashes[self.index.held_depth(hashes, chosen.worker_id):], ttl)
         self.loads.routed(request.request_id, chosen.worker_id, len(prompt), cached, size)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("[%s] routed to %s: overlap %d blocks; candidates %s", request.request_id,

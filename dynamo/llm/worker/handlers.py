@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
-from dynamo.llm.disagg import check_prefill_input, prefill_request, remote_prefill, stamp_prefill_output
+from dynamo.llm.disagg import check_prefill_input, disaggregated, prefill_request, stamp_prefill_output
 from dynamo.llm.engine import LLMEngine
 from dynamo.llm.errors import NoWorkersError, PrefillError
 from dynamo.llm.model_card import Role
 from dynamo.llm.protocol import GenerateOutput, GenerateRequest
 from dynamo.llm.worker.metrics import BoundWorkerMetrics
 from dynamo.llm.worker_group import WorkerGroup
+from dynamo.runtime.rpc.client import NoInstancesError
 
 log = logging.getLogger(__name__)
 
@@ -56,35 +56,40 @@ class DecodeHandler(RequestHandler):
         self.fallback_local = fallback_local
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
-        if request.disaggregated_params is None:
-            request = await self._prefill(request)
-        else:
-            self.metrics.prefill("remote")
-        async for out in self.engine.generate(request):
-            yield out
-
-    async def _prefill(self, request: GenerateRequest) -> GenerateRequest:
         rid = request.request_id
-        if len(request.token_ids) <= self.max_local_prefill_length:
+        if request.disaggregated_params is not None or request.bootstrap is not None:
+            self.metrics.prefill("remote")  # the orchestrator (a frontend) prefilled it already
+            async for out in self.engine.generate(request):
+                yield out
+            return
+        needs_handoff = self.engine.decode_needs_handoff
+        if needs_handoff and (self.prefill is None or not self.prefill.instances()):
+            raise NoWorkersError(f"no prefill worker serves this model, and a {self.engine.name} decode worker "
+                                 "cannot prefill a prompt itself")
+        if len(request.token_ids) <= self.max_local_prefill_length and not needs_handoff:
             log.info("[%s] prefilling locally: prompt of %d tokens <= --max-local-prefill-length %d",
                      rid, len(request.token_ids), self.max_local_prefill_length)
-            self.metrics.prefill("local")
-            return request
-        if self.prefill is None or not self.prefill.instances():
+        elif self.prefill is None or not self.prefill.instances():
             log.warning("[%s] prefilling locally: no prefill worker serves this model", rid)
-            self.metrics.prefill("local")
-            return request
-        try:
-            params = await remote_prefill(self.prefill, request, self.prefill_timeout)
-        except (PrefillError, NoWorkersError) as e:
-            if not self.fallback_local:
-                raise
-            log.warning("[%s] remote prefill failed (%s); prefilling locally (--prefill-fallback-local)",
-                        rid, e)
-            self.metrics.prefill("local")
-            return request
-        self.metrics.prefill("remote")
-        return dataclasses.replace(request, disaggregated_params=params)
+        else:
+            produced = False
+            try:
+                record = self.prefill.select()
+                async for out in disaggregated(self.prefill, record, request, self.prefill_timeout,
+                                               self.engine.generate):
+                    if not produced:
+                        produced = True
+                        self.metrics.prefill("remote")
+                    yield out
+                return
+            except (PrefillError, NoWorkersError, NoInstancesError) as e:
+                if produced or not self.fallback_local or needs_handoff:
+                    raise e if not isinstance(e, NoInstancesError) else NoWorkersError(str(e)) from e
+                log.warning("[%s] remote prefill failed (%s); prefilling locally (--prefill-fallback-local)",
+                            rid, e)
+        self.metrics.prefill("local")
+        async for out in self.engine.generate(request):
+            yield out
 
 
 def make_handler(role: Role, engine: LLMEngine, metrics: BoundWorkerMetrics, instance_id: str,

@@ -53,12 +53,15 @@ def run_worker(engine: LLMEngine, config: WorkerConfig) -> int:
     return asyncio.run(_serve(engine, config))
 
 
-def build_card(source: ModelSource, info: EngineInfo, role: Role, engine_name: str) -> ModelCard:
+def build_card(source: ModelSource, info: EngineInfo, role: Role, engine_name: str,
+               advertise_host: str = "127.0.0.1") -> ModelCard:
+    bootstrap = (f"{advertise_host}:{info.bootstrap_port}"
+                 if role is Role.PREFILL and info.bootstrap_port else None)
     return ModelCard(served_model_name=source.served_model_name, model_path=source.model_path,
                      tokenizer=source.tokenizer or source.model_path, context_length=info.context_length,
                      kv_block_size=info.kv_block_size, total_kv_blocks=info.total_kv_blocks, role=role,
                      engine=engine_name, chat_template=source.chat_template, vocab_size=info.vocab_size,
-                     eos_token_ids=list(info.eos_token_ids))
+                     eos_token_ids=list(info.eos_token_ids), bootstrap_endpoint=bootstrap)
 
 
 async def _serve(engine: LLMEngine, config: WorkerConfig) -> int:
@@ -87,7 +90,8 @@ async def _serve(engine: LLMEngine, config: WorkerConfig) -> int:
             return 0
         info = starting.result()
         engine_started = True
-        card = build_card(source, info, config.role, engine.name)
+        runtime.install_signal_handlers()  # an engine may have taken the loop's handlers while starting (SGLang does)
+        card = build_card(source, info, config.role, engine.name, runtime.advertise_host())
         prefill_group = None
         if config.role is Role.DECODE:
             pool = ModelPool(runtime.discovery, config.runtime.namespace, config.request_transport)
@@ -144,7 +148,7 @@ async def _health_loop(engine: LLMEngine, servicer: WorkerServicer, metrics: Bou
                        health: _HealthState, config: WorkerConfig, info: EngineInfo) -> None:
     """Every few seconds: engine liveness and stats; when idle for --canary-interval, a 1-token
     generation proves the engine really generates (prefill workers skip it: a prefill holds KV
-    blocks for a decode that never comes)."""
+    blocks for a decode that never comes; so do decode workers that cannot prefill)."""
     last_canary = time.monotonic()
     while True:
         await asyncio.sleep(min(2.0, config.canary_interval or 2.0))
@@ -159,7 +163,8 @@ async def _health_loop(engine: LLMEngine, servicer: WorkerServicer, metrics: Bou
             ok, reason = False, f"engine health check failed: {e!r}"
         now = time.monotonic()
         idle = runtime.server.active_calls == 0 and now - servicer.last_request_end >= config.canary_interval
-        if (ok and config.canary_interval > 0 and config.role is not Role.PREFILL and idle
+        can_canary = config.role is Role.AGGREGATED or (config.role is Role.DECODE and not engine.decode_needs_handoff)
+        if (ok and config.canary_interval > 0 and can_canary and idle
                 and now - last_canary >= config.canary_interval):
             last_canary = now
             try:

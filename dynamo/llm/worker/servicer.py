@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 
 from dynamo.llm import codec
+from dynamo.llm.disagg import check_handoff_mode
 from dynamo.llm.engine import EngineError, LLMEngine
 from dynamo.llm.errors import NoWorkersError, PrefillError
 from dynamo.llm.model_card import ModelCard
@@ -77,6 +78,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             req = codec.request_from_pb(request)
             req.validate_common(vocab_size=self._info.vocab_size, context_length=self._info.context_length,
                                 served_model=self._card.served_model_name)
+            check_handoff_mode(req, self._handler.engine.name, self._handler.engine.bootstrap_handoff)
         except InvalidRequest as e:
             self._metrics.request_done("invalid")
             return grpc.StatusCode.INVALID_ARGUMENT, str(e)
@@ -161,6 +163,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             await self._engine.clear_kv_blocks()
         except NotImplementedError as e:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(e))
+        except EngineError as e:  # e.g. an engine that flushes only when idle
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"engine error: {e}")
         return pb.ClearKvBlocksResponse()
 
     async def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext

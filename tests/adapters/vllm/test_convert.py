@@ -17,6 +17,7 @@ from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 from dynamo.llm.disagg import prefill_request
 from dynamo.llm.kv_event_wire import decode_batch
+from dynamo.llm.kv_event_zmq import subscriber_endpoint
 from dynamo.llm.model_card import Role
 from dynamo.llm.protocol import (
     DisaggregatedParams,
@@ -29,7 +30,6 @@ from dynamo.llm.protocol import (
 )
 from dynamo.vllm import args as vargs
 from dynamo.vllm.convert import finish_reason_of, sampling_params_for
-from dynamo.vllm.kv_events import subscriber_endpoint
 
 pytestmark = pytest.mark.vllm
 

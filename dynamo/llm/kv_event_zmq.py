@@ -1,9 +1,10 @@
-"""Subscribe to vLLM's ZMQ KV-event publisher and turn its batches into our KvEvents.
+"""Subscribe to a vLLM-family ZMQ KV-event publisher (vLLM's, and SGLang's, which copied it) and
+turn its batches into our KvEvents.
 
-Wire format (vllm/distributed/kv_events.py, ZmqEventPublisher): multipart messages
-(topic, 8-byte big-endian sequence number, msgpack(KVEventBatch)). Decoded by
-dynamo.llm.kv_event_wire without vLLM's own classes, so every encoding vLLM has used (array or map
-events, int or bytes hashes) works, whichever vLLM is installed.
+Wire format (vllm/distributed/kv_events.py, ZmqEventPublisher; SGLang's srt/disaggregation/kv_events.py):
+multipart messages (topic, 8-byte big-endian sequence number, msgpack(KVEventBatch)). Decoded by
+dynamo.llm.kv_event_wire without the engines' own classes, so every encoding they have used (array
+or map events, int or bytes hashes) works, whichever version is installed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def subscriber_endpoint(publisher_endpoint: str) -> str:
 
 
 class KvEventSubscriber:
-    """A SUB socket on one vLLM publisher; `events()` yields our KvEvents until `close()`."""
+    """A SUB socket on an engine's publishers; `events()` yields our KvEvents until `close()`."""
 
     def __init__(self, publisher_endpoints: list[str], topic: str = "") -> None:
         """Connect to every publisher (one per data-parallel rank) on one SUB socket."""
