@@ -16,6 +16,12 @@ message for the baseline), CPU cores used by the load generator and by the serve
 the baseline, and a second table splitting the servers' CPU into frontend and workers.
 With --profile (needs `pip install py-spy`), the frontend is sampled during the c=64 HTTP run and
 its top functions (self and inclusive) are printed.
+
+With --ai-dynamo PYTHON (a Python with PyPI's `ai-dynamo` installed, e.g. `python -m venv /tmp/aidyn &&
+/tmp/aidyn/bin/pip install --no-deps ai-dynamo==1.6.1 ai-dynamo-runtime==1.6.1` plus its dependencies
+but `aisimulate`, which only its planner uses and which downloads from pypi.nvidia.com), NVIDIA Dynamo's
+own frontend over its own mocker (same speedup, same count) is measured at each level too, taking
+turns with ours, and the goal line compares the two at c=256.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 from benchmarks._common import (
     HEADER,
@@ -35,6 +43,7 @@ from benchmarks._common import (
     summarise,
     track,
 )
+from benchmarks._servers import AiDynamoGraph
 from dynamo.runtime.rpc.client import channel_target
 from tests.support.processes import FrontendProcess, WorkerProcess
 
@@ -70,23 +79,31 @@ async def run(a: argparse.Namespace) -> None:
     t_start = time.monotonic()
     ensure_tiny_model()
     lines = [HEADER]
-    split = [f"{'run':<34} {'c':>3} {'frontend':>8} {'workers':>8} {'client':>7}  (CPU cores)"]
+    split = [f"{'run':<34} {'c':>4} {'frontend':>8} {'workers':>8} {'client':>7}  (CPU cores)  "
+             f"{'fe us/token':>11} {'fe RSS':>8}"]
+    http_tok_s: dict[int, float] = {}
     profile_text = ""
     with tempfile.TemporaryDirectory(prefix="bench-frontend-mocker-") as d:
         discovery = Path(d)
         workers: list[WorkerProcess] = []
         frontend: FrontendProcess | None = None
+        theirs: AiDynamoGraph | None = None
+        theirs_tok_s: dict[int, float] = {}
         try:
             workers = await start_workers(a.workers, discovery, a.speedup)
             frontend = start_frontend(discovery, "bench")
             await frontend.wait_models({MODEL_NAME}, 90)
+            if a.ai_dynamo:
+                theirs = AiDynamoGraph(a.ai_dynamo, ensure_tiny_model(), MODEL_NAME, a.workers, a.speedup)
+                await theirs.wait_ready(120)
             pids = [frontend.proc.pid] + [w.pid for w in workers]
-            for concurrency, requests in ((64, a.requests), (1, a.requests_c1)):
+            levels = [int(c) for c in a.levels.split(",")]
+            for concurrency, requests in ((c, a.requests_c1 if c == 1 else max(a.requests, 4 * c)) for c in levels):
                 common = ["--concurrency", str(concurrency), "--requests", str(requests),
                           "--max-tokens", str(a.max_tokens), "--prompt-len", str(a.prompt_len),
                           "--warmup", str(min(concurrency, requests))]
                 sampler = None
-                if a.profile and concurrency == 64:
+                if a.profile and concurrency == max(levels):
                     from benchmarks._profile import Sampler
                     sampler = Sampler(frontend.proc.pid, Path(tempfile.gettempdir()) / "frontend_mocker.pyspy.txt")
                 try:
@@ -99,19 +116,36 @@ async def run(a: argparse.Namespace) -> None:
                         profile_text = f"(collapsed stacks: {out})\n" + summarise_profile(out)
                 http = summarise(f"HTTP frontend + {a.workers} mocker", concurrency, raw, cpu,
                                  expected_tokens=requests * a.max_tokens)
-                split.append(f"{http.label:<34} {concurrency:>3} {cpu[0] / http.wall:>8.2f} "
-                             f"{sum(cpu[1:]) / http.wall:>8.2f} {http.client_cores:>7.2f}")
+                tokens = requests * a.max_tokens
+                rss = psutil.Process(frontend.proc.pid).memory_info().rss / 2**20
+                http_tok_s[concurrency] = http.tok_s
+                split.append(f"{http.label:<34} {concurrency:>4} {cpu[0] / http.wall:>8.2f} "
+                             f"{sum(cpu[1:]) / http.wall:>8.2f} {http.client_cores:>7.2f}               "
+                             f"{cpu[0] / tokens * 1e6:>11.1f} {rss:>6.0f}Mi")
+                if theirs is not None:
+                    raw, cpu = await run_loadgen(["http", "--url", theirs.frontend.url, "--model", MODEL_NAME,
+                                                  *common], a.timeout, theirs.pids)
+                    other = summarise(f"NVIDIA Dynamo + {a.workers} its mocker", concurrency, raw, cpu,
+                                      expected_tokens=requests * a.max_tokens)
+                    theirs_tok_s[concurrency] = other.tok_s
+                    split.append(f"{other.label:<34} {concurrency:>4} {cpu[0] / other.wall:>8.2f} "
+                                 f"{sum(cpu[1:]) / other.wall:>8.2f} {other.client_cores:>7.2f}               "
+                                 f"{cpu[0] / tokens * 1e6:>11.1f}")
                 w0 = workers[0]
                 assert w0.record is not None
+                # one GenerateStream call carries every request, as the frontend does: unary calls
+                # past ~1000 at once on one channel were CANCELLED by grpc (c=768 ran, c=1024 did not)
                 raw, cpu = await run_loadgen(["grpc", "--target", channel_target(w0.record), "--model", MODEL_NAME,
-                                              *common], a.timeout, [w0.pid])
-                base = summarise("gRPC, 1 mocker alone (baseline)", concurrency, raw, cpu,
+                                              "--transport", "stream", *common], a.timeout, [w0.pid])
+                base = summarise("gRPC stream, 1 mocker (baseline)", concurrency, raw, cpu,
                                  expected_tokens=requests * a.max_tokens)
-                split.append(f"{base.label:<34} {concurrency:>3} {'-':>8} {base.server_cores:>8.2f} "
+                split.append(f"{base.label:<34} {concurrency:>4} {'-':>8} {base.server_cores:>8.2f} "
                              f"{base.client_cores:>7.2f}")
-                lines += [row(http, base), row(base)]
-                print(lines[-2] + "\n" + lines[-1], flush=True)
+                lines += [row(http, base)] + ([row(other, base)] if theirs is not None else []) + [row(base)]
+                print("\n".join(lines[-3 if theirs is not None else -2:]), flush=True)
         finally:
+            if theirs is not None:
+                theirs.close()
             if frontend is not None:
                 frontend.close()
             for w in workers:
@@ -122,6 +156,15 @@ async def run(a: argparse.Namespace) -> None:
     print("\n".join(lines))
     print(LEGEND + "\ntok/msg: output tokens per SSE content chunk (HTTP) or per gRPC message (baseline).")
     print("\n" + "\n".join(split))
+    print("fe us/token: the frontend's CPU per output token; fe RSS: its resident memory after the level. "
+          "A client near 1 core means the load generator, not the frontend, set the pace.")
+    if 64 in http_tok_s and 256 in http_tok_s:
+        held = http_tok_s[256] / http_tok_s[64]
+        print(f"goal: output tok/s at c=256 >= 0.9x c=64: {held:.2f}x {'ok' if held >= 0.9 else 'MISSED'}")
+    for c in sorted(set(theirs_tok_s) & set(http_tok_s)):
+        vs = http_tok_s[c] / theirs_tok_s[c]
+        goal = f" (goal >= 2x: {'ok' if vs >= 2 else 'MISSED'})" if c == 256 else ""
+        print(f"ours / NVIDIA Dynamo's frontend at c={c}: {vs:.2f}x{goal}")
     if profile_text:
         print("\npy-spy profile of the frontend during the c=64 HTTP run:\n" + profile_text)
 
@@ -129,13 +172,16 @@ async def run(a: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, default=1, help="mocker worker processes")
-    p.add_argument("--requests", type=int, default=256, help="requests at c=64")
+    p.add_argument("--levels", default="64,1", help="concurrency levels, comma-separated (e.g. 64,256,1024)")
+    p.add_argument("--requests", type=int, default=256, help="requests per level (at least 4x its concurrency)")
     p.add_argument("--requests-c1", type=int, default=32, help="requests at c=1")
     p.add_argument("--speedup", type=float, default=1000.0, help="the workers' --speedup-ratio")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=64, help="prompt size (gRPC tokens; HTTP about half as many words)")
     p.add_argument("--timeout", type=float, default=180.0, help="limit per load-generator run, seconds")
     p.add_argument("--profile", action="store_true", help="sample the frontend with py-spy during the c=64 run")
+    p.add_argument("--ai-dynamo", metavar="PYTHON", default=None,
+                   help="also measure NVIDIA Dynamo's frontend + mocker from this Python (ai-dynamo installed)")
     run_main(run(p.parse_args()))
 
 

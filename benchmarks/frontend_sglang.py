@@ -24,20 +24,17 @@ import asyncio
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from benchmarks._common import HEADER, LEGEND, Result, ensure_tiny_model, row, track
-from benchmarks._vllm_common import MODEL_NAME, kill_group, wait_quiet
+from benchmarks._servers import BaselineServer
+from benchmarks._vllm_common import MODEL_NAME, wait_quiet
 from benchmarks.frontend_mocker import start_frontend
 from benchmarks.frontend_vllm import Measured, measure, median_of
 from tests.support.backends import SGLANG
-from tests.support.ports import free_port
 from tests.support.processes import FrontendProcess, WorkerProcess
 
 ENV = SGLANG.env["agg"]  # CPU engine, kernel stand-in, model threads on core 0
@@ -47,50 +44,12 @@ def engine_flags(model: Path) -> list[str]:
     return [*SGLANG.args(model), "--served-model-name", MODEL_NAME]
 
 
-class SGLangServer:
-    """SGLang's own OpenAI server on a free port, in its own process group (scheduler included)."""
-
-    def __init__(self, model: Path) -> None:
-        self.port = free_port()
-        self.log_path = Path(tempfile.mkstemp(prefix="bench-sglang-server-", suffix=".log")[1])
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sglang.launch_server", *engine_flags(model), "--device", "cpu",
-             "--enable-metrics", "--sleep-on-idle", "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, process_group=0,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **ENV})
-        track(self.proc.pid)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _status(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
-        except (urllib.error.URLError, OSError):
-            return 0
-
-    async def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"SGLang's server exited with {self.proc.returncode}:\n"
-                                   f"{self.log_path.read_text(errors='replace')[-3000:]}")
-            if await asyncio.to_thread(self._status, "/health") == 200:
-                return
-            await asyncio.sleep(0.5)
-        raise TimeoutError(f"SGLang's server was not ready within {timeout} s:\n"
-                           f"{self.log_path.read_text(errors='replace')[-3000:]}")
-
-    def close(self) -> None:
-        kill_group(self.proc)
-        self.proc.wait(10)
-        self._log.close()
-        self.log_path.unlink(missing_ok=True)
+def sglang_server(model: Path) -> BaselineServer:
+    return BaselineServer(
+        "SGLang's server",
+        lambda port: [sys.executable, "-m", "sglang.launch_server", *engine_flags(model), "--device", "cpu",
+                      "--enable-metrics", "--sleep-on-idle", "--host", "127.0.0.1", "--port", str(port)],
+        ENV, "/health")
 
 
 async def start_worker(discovery: Path, model: Path) -> WorkerProcess:
@@ -110,7 +69,7 @@ async def run(a: argparse.Namespace) -> None:
     second: dict[int, list[Measured]] = {c: [] for c, _ in levels}
     with tempfile.TemporaryDirectory(prefix="bench-frontend-sglang-") as d:
         t = time.monotonic()
-        server = SGLangServer(model)
+        server = sglang_server(model)
         worker = None
         frontend: FrontendProcess | None = None
         try:

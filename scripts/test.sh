@@ -28,5 +28,6 @@ if [ "$tier" != 0 ]; then
   # The sglang tier: SGLang's adapter tests, then the conformance and serving suites on its engine.
   scripts/setup-sglang.sh
   SGLANG_USE_CPU_ENGINE=1 DYN_TEST_BACKENDS=sglang .venv-sglang/bin/python -m pytest -p no:cacheprovider -ra \
-    -m sglang tests/adapters/sglang tests/conformance tests/e2e/test_serving.py
+    -m sglang tests/adapters/sglang tests/conformance tests/e2e/test_serving.py \
+    tests/deploy/test_deploy_commands.py tests/deploy/test_deploy_k8s.py
 fi

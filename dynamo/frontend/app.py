@@ -24,6 +24,7 @@ from .detokenize import make_detokenizer
 from .errors import ApiError, invalid, to_api_error
 from .generation import GenerationJob, GenerationResponse
 from .metrics import CONTENT_TYPE, FrontendMetrics
+from .multiprocess import process_index
 from .postprocess import OutputProcessor
 from .preprocess import build_generate_request, prompt_token_ids
 from .responses import LogprobFormatter
@@ -40,8 +41,12 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                     headers=headers)
 
 
+RETRY_AFTER_S = "1"  # what an overloaded frontend (503) or a model whose workers are all full (429) asks for
+
+
 def error_response(error: ApiError) -> Response:
-    headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
+    headers = ({"www-authenticate": "Bearer"} if error.status == 401
+               else {"retry-after": RETRY_AFTER_S} if error.status in (429, 503) else None)
     return Response(error.json_bytes(), status_code=error.status, media_type="application/json",
                     headers=headers)
 
@@ -50,12 +55,16 @@ class FrontendApp:
     """State shared by the routes of one app (one backend, one registry, one tokenizer cache)."""
 
     def __init__(self, backend: ServingBackend, *, api_key: str | None, max_body_bytes: int,
-                 metrics: FrontendMetrics | None = None) -> None:
+                 metrics: FrontendMetrics | None = None, max_inflight: int = 0) -> None:
         self.backend = backend
+        self.max_inflight = max_inflight
+        self.active = 0  # generate requests admitted and not yet answered
+        self.process = process_index()
         self.api_key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics or FrontendMetrics()
         self.metrics.router_state.state = getattr(backend, "router_state", None)
+        self.metrics.idle_prefill.source = getattr(backend, "idle_prefill", None)
         self.tokenizers = TokenizerCache()
 
     # --- helpers ------------------------------------------------------------------------------
@@ -97,9 +106,19 @@ class FrontendApp:
     async def completions(self, request: Request) -> Any:
         return await self._generate(request, chat=False, endpoint="completions")
 
+    def _release(self) -> None:
+        self.active -= 1
+
     async def _generate(self, request: Request, *, chat: bool, endpoint: str) -> Any:
         started = time.perf_counter()
         model_label = _UNKNOWN_MODEL_LABEL
+        if self.max_inflight and self.active >= self.max_inflight:
+            # refused before any work (body, template, tokens): overload costs the frontend nothing
+            self.metrics.requests.labels(model_label, endpoint, "503").inc()
+            return error_response(ApiError(
+                503, f"this frontend is serving its limit of {self.max_inflight} requests (--max-inflight); "
+                     "retry shortly", type="service_unavailable", code="frontend_overloaded"))
+        self.active += 1
         try:
             self._check_auth(request)
             body = await self._read_json(request)
@@ -115,7 +134,11 @@ class FrontendApp:
             if error.status >= 500 and error.status != 503:
                 log.exception("request failed before generation")
             self.metrics.requests.labels(model_label, endpoint, str(error.status)).inc()
+            self.active -= 1
             return error_response(error)
+        except BaseException:  # cancelled (the client went away) while reading or tokenizing
+            self.active -= 1
+            raise
         self.metrics.input_tokens.labels(model_label).inc(len(prompt_ids))
         assert generate_request.stop.max_tokens is not None
         processor = OutputProcessor(
@@ -127,7 +150,7 @@ class FrontendApp:
             backend=self.backend, metrics=self.metrics, request=generate_request,
             processor=processor, logprobs=logprobs, chat=chat, stream=parsed.stream,
             include_usage=parsed.include_usage, endpoint=endpoint, started=started,
-            created=int(time.time())))
+            created=int(time.time()), release=self._release))
 
     # --- other endpoints ----------------------------------------------------------------------
 
@@ -152,7 +175,13 @@ class FrontendApp:
         models = [c.served_model_name for c in cards]
         ready = [c.served_model_name for c in cards if self.tokenizers.is_loaded(c)]
         if ready:
-            return json_response({"status": "healthy", "models": models, "ready": ready})
+            body: dict[str, Any] = {"status": "healthy", "models": models, "ready": ready}
+            if self.process is not None:
+                body["process"] = self.process  # which of --num-workers processes answered
+            idle = self.metrics.idle_prefill.source() if self.metrics.idle_prefill.source else {}
+            if idle:  # serving, but prefill workers sit idle: say why (dynamo.frontend.worker_backend)
+                body["idle_prefill_workers"] = {m: {"workers": i.workers, "reason": i.reason} for m, i in idle.items()}
+            return json_response(body)
         message = ("no model is served: no live worker is registered" if not models
                    else "loading the tokenizer of " + ", ".join(models))
         return json_response({"status": "unhealthy", "models": models, "ready": [], "message": message},
@@ -213,9 +242,11 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(backend: ServingBackend, *, api_key: str | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, metrics: FrontendMetrics | None = None) -> Starlette:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, metrics: FrontendMetrics | None = None,
+               max_inflight: int = 0) -> Starlette:
     """The HTTP app over `backend`. With `api_key`, /v1/* requires 'Authorization: Bearer KEY'."""
-    state = FrontendApp(backend, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics)
+    state = FrontendApp(backend, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics,
+                        max_inflight=max_inflight)
     routes = [
         Route("/v1/chat/completions", state.chat_completions, methods=["POST"]),
         Route("/v1/completions", state.completions, methods=["POST"]),

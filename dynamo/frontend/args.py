@@ -32,6 +32,8 @@ class FrontendConfig:
     kv_router: KvRouterSettings = field(default_factory=KvRouterSettings)  # --router-mode kv
     migration_limit: int = 0  # how many times a broken stream may move to another worker
     max_inflight_per_worker: int = 0  # 0: no limit; else busier workers answer 429
+    max_inflight: int = 0  # generate requests one frontend process serves at once (0: no limit); past it, 503
+    num_workers: int = 1  # frontend processes sharing the HTTP port (multiprocess.py)
     api_key: str | None = None
     log_level: str = "info"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -79,6 +81,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
                  default=d.max_inflight_per_worker, env=env, type=int_range(0),
                  help="requests this frontend keeps in flight per worker; when every worker of a model "
                       "is at the limit, new requests get 429 (0: no limit)")
+    add_env_flag(p, "--max-inflight", env_var="DYN_MAX_INFLIGHT", default=d.max_inflight, env=env,
+                 type=int_range(0),
+                 help="generate requests one frontend process serves at once; past it new ones get 503 with "
+                      "Retry-After at once, before any work (0: no limit)")
+    add_env_flag(p, "--num-workers", "--api-server-count", env_var="DYN_FRONTEND_NUM_WORKERS",
+                 default=d.num_workers, env=env, type=int_range(1),
+                 help="frontend processes serving the one HTTP port (each with its own discovery watch, "
+                      "router state and event loop; /metrics adds them up)")
     add_env_flag(p, "--migration-limit", env_var="DYN_MIGRATION_LIMIT", default=d.migration_limit, env=env,
                  type=int_range(0), help="times a broken stream may be retried on another worker")
     add_env_flag(p, "--api-key", env_var="DYN_API_KEY", default=d.api_key, env=env,
@@ -101,5 +111,6 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         http_host=ns.http_host, http_port=ns.http_port, namespace=ns.namespace,
         discovery=DiscoveryConfig.from_args(ns), router_mode=ns.router_mode,
         migration_limit=ns.migration_limit, max_inflight_per_worker=ns.max_inflight_per_worker,
+        max_inflight=ns.max_inflight, num_workers=ns.num_workers,
         api_key=ns.api_key or None, log_level=ns.log_level, max_body_bytes=ns.max_body_bytes,
         request_transport=ns.request_transport)

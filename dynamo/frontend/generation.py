@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ class GenerationJob:
     endpoint: str
     started: float  # perf_counter when the HTTP request arrived
     created: int  # unix time for the response's "created"
+    release: Callable[[], None] | None = None  # called once when the response is done (FrontendApp's count)
 
 
 async def _wait_disconnect(receive: Any) -> None:
@@ -87,6 +88,8 @@ class GenerationResponse:
             if not work.done():
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
+            if job.release is not None:
+                job.release()
             m = job.metrics
             m.inflight.labels(model).dec()
             m.requests.labels(model, job.endpoint, str(self.status)).inc()
@@ -95,8 +98,9 @@ class GenerationResponse:
 
     async def _send_error(self, send: Any, error: ApiError) -> None:
         self.status = error.status
+        retry = [(b"retry-after", b"1")] if error.status in (429, 503) else []
         await send({"type": "http.response.start", "status": error.status,
-                    "headers": _JSON_HEADERS + self._headers})
+                    "headers": _JSON_HEADERS + self._headers + retry})
         await send({"type": "http.response.body", "body": error.json_bytes()})
 
     def _failed(self, exc: Exception) -> ApiError:

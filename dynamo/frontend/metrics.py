@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -9,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+from dynamo.frontend.multiprocess import METRICS_DIR_ENV
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
                     30.0, 60.0, 120.0)
@@ -68,6 +71,21 @@ class RouterStateCollector(Collector):
                                   "after a gap in their events or a new subscription", value=counters.get("resyncs", 0))
 
 
+class IdlePrefillCollector(Collector):
+    """Prefill workers that no request can reach, per model (read when scraped)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], dict[str, Any]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("dynamo_frontend_idle_prefill_workers",
+                                  "Live prefill workers of a model that no worker can continue (see /health)",
+                                  labels=["model"])
+        for model, idle in (self.source() if self.source is not None else {}).items():
+            gauge.add_metric([model], idle.workers)
+        yield gauge
+
+
 class FrontendMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -77,7 +95,8 @@ class FrontendMetrics:
             "(a stream that failed after it started counts with the error's status)",
             ["model", "endpoint", "status"], registry=r)
         self.inflight = Gauge("dynamo_frontend_inflight_requests",
-                              "Generate requests being served now", ["model"], registry=r)
+                              "Generate requests being served now", ["model"], registry=r,
+                              multiprocess_mode="livesum")  # --num-workers: the processes' sum
         self.ttft = Histogram("dynamo_frontend_time_to_first_token_seconds",
                               "From request received to first token produced", ["model"],
                               buckets=_LATENCY_BUCKETS, registry=r)
@@ -95,6 +114,16 @@ class FrontendMetrics:
         self.router = RouterMetrics(r)
         self.router_state = RouterStateCollector()
         r.register(self.router_state)
+        self.idle_prefill = IdlePrefillCollector()
+        r.register(self.idle_prefill)
 
     def render(self) -> bytes:
+        if os.environ.get(METRICS_DIR_ENV):  # one of --num-workers processes: every process's figures
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            registry.register(self.router_state)  # the answering process's own index
+            registry.register(self.idle_prefill)
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -5,9 +5,12 @@ Implements dynamo.frontend.backend.ServingBackend over discovery and the workers
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Collection
+from typing import NamedTuple
 
 from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.backend import NoWorkers, Overloaded, UnknownModel, WorkerFailed
@@ -29,6 +32,18 @@ from dynamo.runtime.rpc.client import NoInstancesError
 log = logging.getLogger(__name__)
 
 PREFILL_ROLES = (Role.PREFILL,)
+IDLE_PREFILL_CHECK_S = 2.0
+
+
+class IdlePrefill(NamedTuple):
+    """Prefill workers of a model that no request can reach, and why."""
+    workers: int
+    reason: str
+
+
+def continues_prefill(record: InstanceRecord) -> bool:
+    card = card_of(record)
+    return card is not None and card.continues_prefill
 
 
 class WorkerServingBackend:
@@ -52,12 +67,14 @@ class WorkerServingBackend:
         self.max_inflight_per_worker = max_inflight_per_worker
         self.prefill_timeout = prefill_timeout
         self.migrations = 0  # requests moved to another worker (tests and metrics read it)
+        self._idle_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> WorkerServingBackend:
         await self.pool.start()
         if self.kv_router is not None:
             self._kv_intake = KvIntake(self.pool.watcher, self.kv_router)
             self._kv_intake.start()
+        self._idle_watch = asyncio.create_task(self._watch_idle_prefill(), name="idle prefill watch")
         return self
 
     def router_state(self) -> dict[str, object]:
@@ -65,6 +82,38 @@ class WorkerServingBackend:
         if self.kv_router is not None:
             return self.kv_router.state()
         return {"mode": self.router_mode}
+
+    def idle_prefill(self) -> dict[str, IdlePrefill]:
+        """Models whose prefill workers are live but idle: no worker can continue their prefills
+        (say, aggregated workers of an engine that cannot take a handoff). Never silent: logged,
+        on /health and in dynamo_frontend_idle_prefill_workers."""
+        idle = {}
+        for model in self.pool.cards(PREFILL_ROLES):
+            prefill = self.pool.group(model, PREFILL_ROLES).instances()
+            serving = self.pool.group(model, SERVING_ROLES).instances()
+            if not prefill or any(continues_prefill(r) for r in serving):
+                continue
+            if not serving:
+                reason = "no decode worker is live"
+            else:
+                engines = sorted({c.engine for c in map(card_of, serving) if c is not None})
+                reason = (f"its {len(serving)} worker(s) are aggregated and their engine ({', '.join(engines)}) "
+                          "cannot continue a prefill worker's request: start them with "
+                          "--disaggregation-mode decode")
+            idle[model] = IdlePrefill(len(prefill), reason)
+        return idle
+
+    async def _watch_idle_prefill(self) -> None:
+        said: dict[str, IdlePrefill] = {}
+        while True:
+            now = self.idle_prefill()
+            for model, idle in now.items():
+                if said.get(model) != idle:
+                    log.warning("model %r: %d prefill worker(s) are idle: %s", model, idle.workers, idle.reason)
+            for model in said.keys() - now.keys():
+                log.info("model %r: its prefill workers are in use again (or gone)", model)
+            said = now
+            await asyncio.sleep(IDLE_PREFILL_CHECK_S)
 
     def models(self) -> list[ModelCard]:
         return list(self.pool.cards(SERVING_ROLES).values())
@@ -92,7 +141,10 @@ class WorkerServingBackend:
         attempt = 0
         while True:
             # A remote prefill brings the prompt's KV along: the decode worker is then chosen by load.
-            remote = request.disaggregated_params is None and bool(prefill.instances())
+            # Decode workers, and aggregated ones that accept a handoff (a worker started without a
+            # mode next to --is-prefill-worker workers), continue prefill workers' requests.
+            remote = (request.disaggregated_params is None and bool(prefill.instances())
+                      and any(continues_prefill(r) for r in decode.instances()))
             try:
                 decision = self._route(decode, request, SERVING_ROLES, exclude=failed, overlap_credit=not remote)
             except NoInstancesError as e:
@@ -104,7 +156,7 @@ class WorkerServingBackend:
             usage: Usage | None = None
             try:
                 card = card_of(record)
-                if remote and card is not None and card.role is Role.DECODE:
+                if remote and card is not None and card.continues_prefill:
                     outputs = self._disaggregated(prefill, decode, record, request)
                 else:
                     outputs = decode.generate(record, request)
@@ -173,6 +225,10 @@ class WorkerServingBackend:
         return router.select(candidates, request, group.inflight, overlap_credit=overlap_credit)
 
     async def close(self) -> None:
+        if self._idle_watch is not None:
+            self._idle_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._idle_watch
         if self._kv_intake is not None:
             await self._kv_intake.close()
         await self.pool.close()

@@ -84,22 +84,7 @@ async def remote_prefill(prefill: WorkerGroup, request: GenerateRequest, timeout
             record = prefill.select()
         except NoInstancesError as e:
             raise NoWorkersError(str(e)) from None
-    params: DisaggregatedParams | None = None
-    try:
-        async with asyncio.timeout(timeout):
-            async for out in prefill.generate(record, prefill_request(request), timeout=timeout):
-                if on_output is not None:
-                    on_output(out)
-                if out.disaggregated_params is not None:
-                    params = out.disaggregated_params
-    except InvalidRequest:
-        raise
-    except TimeoutError:
-        raise PrefillError(f"prefill of request {request.request_id} on instance {record.instance_id} "
-                           f"took longer than {timeout:g} s", instance_id=record.instance_id) from None
-    except WorkerError as e:
-        raise PrefillError(f"prefill of request {request.request_id} failed: {e}",
-                           instance_id=record.instance_id) from e
+    params = await _run_prefill(prefill, record, prefill_request(request), timeout, on_output, "prefill")
     if params is None:
         raise PrefillError(f"prefill worker {record.instance_id} returned no disaggregated params for "
                            f"request {request.request_id}", instance_id=record.instance_id)
@@ -153,19 +138,30 @@ async def disaggregated(prefill: WorkerGroup, record: InstanceRecord, request: G
 
 async def _prefill_to_end(prefill: WorkerGroup, record: InstanceRecord, request: GenerateRequest, timeout: float,
                           on_output: Callable[[GenerateOutput], object] | None) -> None:
+    await _run_prefill(prefill, record, request, timeout, on_output, "bootstrap prefill")
+
+
+async def _run_prefill(prefill: WorkerGroup, record: InstanceRecord, request: GenerateRequest, timeout: float,
+                       on_output: Callable[[GenerateOutput], object] | None, what: str) -> DisaggregatedParams | None:
+    """Run `request` (already a prefill request) on `record` to its end; the handoff params it
+    returned, if any. Its failures become PrefillError (InvalidRequest passes through)."""
+    params: DisaggregatedParams | None = None
     try:
         async with asyncio.timeout(timeout):
             async for out in prefill.generate(record, request, timeout=timeout):
                 if on_output is not None:
                     on_output(out)
+                if out.disaggregated_params is not None:
+                    params = out.disaggregated_params
     except InvalidRequest:
         raise
     except TimeoutError:
-        raise PrefillError(f"bootstrap prefill of request {request.request_id} on instance {record.instance_id} "
+        raise PrefillError(f"{what} of request {request.request_id} on instance {record.instance_id} "
                            f"took longer than {timeout:g} s", instance_id=record.instance_id) from None
     except WorkerError as e:
-        raise PrefillError(f"bootstrap prefill of request {request.request_id} failed: {e}",
+        raise PrefillError(f"{what} of request {request.request_id} failed: {e}",
                            instance_id=record.instance_id) from e
+    return params
 
 
 async def _until_first_token(outputs: AsyncIterator[GenerateOutput], prefill_task: asyncio.Task[None],

@@ -38,6 +38,10 @@ class LLMEngine(abc.ABC):
     #: whether the engine's decode role can only continue a prefill worker's KV (SGLang's): the
     #: shell then never prefills locally on it, and skips its generation canary
     decode_needs_handoff: bool = False
+    #: whether an aggregated engine can also continue a prefill worker's handoff: a worker without a
+    #: mode then serves as the decode side whenever prefill workers of its model are live (the
+    #: plain decode + --is-prefill-worker pattern); its model card says so to the frontend
+    accepts_remote_prefill: bool = False
 
     def __init__(self, role: Role = Role.AGGREGATED) -> None:
         if not isinstance(role, Role):

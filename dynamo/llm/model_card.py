@@ -41,7 +41,16 @@ class ModelCard:
     # A prefill worker in bootstrap-mode disaggregation (SGLang): "host:port" where decode workers
     # meet its KV. None: pull mode (the decode side pulls the KV with the prefill's result).
     bootstrap_endpoint: str | None = None
+    # An aggregated worker that can also continue a prefill worker's handoff (LLMEngine.
+    # accepts_remote_prefill): used as a decode worker while prefill workers of its model are live.
+    accepts_remote_prefill: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def continues_prefill(self) -> bool:
+        """Whether a prefill worker's result may be sent here (a decode worker, or an aggregated one
+        that accepts it)."""
+        return self.role is Role.DECODE or (self.role is Role.AGGREGATED and self.accepts_remote_prefill)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

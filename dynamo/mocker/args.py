@@ -143,6 +143,28 @@ class ModelFacts:
     eos_token_ids: list[int]
 
 
+# What the mocker and the frontend read of a hub model: its config and tokenizer, never weights.
+_HUB_FILES = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "vocab*",
+              "merges.txt", "*.jinja", "chat_template*"]
+
+
+def model_config_dir(model: str) -> str:
+    """A local directory holding `model`'s config.json: `model` itself, or, for a hub id such as
+    Qwen/Qwen3-0.6B (a pod in a cluster), the hub snapshot of its config and tokenizer files."""
+    if Path(model).is_dir() or Path(model).is_absolute() or model.startswith("."):
+        return model
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ValueError(f"--model {model}: not a directory here, and huggingface_hub (to fetch it as a "
+                         "hub id) is not installed") from None
+    try:
+        return str(snapshot_download(model, allow_patterns=_HUB_FILES))
+    except Exception as e:  # offline, unknown repo, no access: one clear line instead of a traceback
+        raise ValueError(f"--model {model}: not a directory here, and fetching it from the hub failed "
+                         f"({type(e).__name__}: {e})") from None
+
+
 def read_model_facts(model_dir: str | os.PathLike[str]) -> ModelFacts:
     """Read vocab_size, max_position_embeddings and eos_token_id from a HF-style config.json."""
     path = Path(model_dir) / "config.json"
@@ -169,9 +191,10 @@ def read_model_facts(model_dir: str | os.PathLike[str]) -> ModelFacts:
 def add_mocker_args(parser: argparse.ArgumentParser) -> None:
     """Add the mocker's flags to the worker shell's parser."""
     g = parser.add_argument_group("mocker engine")
-    g.add_argument("--model", dest="model", default=None, metavar="MODEL_DIR",
-                   help="HF-style model directory; vocab_size, max_position_embeddings and eos_token_id "
-                        "are read from its config.json (no weights needed)")
+    g.add_argument("--model", "--model-path", dest="model", default=None, metavar="MODEL",
+                   help="HF-style model directory or hub id (its config and tokenizer files are fetched, "
+                        "no weights); vocab_size, max_position_embeddings and eos_token_id are read from "
+                        "its config.json")
     g.add_argument("--served-model-name", default=None,
                    help="model name clients ask for (default: the model directory's name, or 'mocker')")
     g.add_argument("--vocab-size", type=int, default=None,
@@ -215,7 +238,8 @@ def add_mocker_args(parser: argparse.ArgumentParser) -> None:
 def mocker_config_from_namespace(ns: argparse.Namespace) -> MockerConfig:
     """Build the MockerConfig from parsed flags, reading the model's config.json if given."""
     model = getattr(ns, "model", None)
-    facts = read_model_facts(model) if model else None
+    config_dir = model_config_dir(model) if model else None
+    facts = read_model_facts(config_dir) if config_dir else None
     if facts is not None and ns.vocab_size is not None and ns.vocab_size != facts.vocab_size:
         raise ValueError(f"--vocab-size {ns.vocab_size} contradicts {model}/config.json "
                          f"(vocab_size {facts.vocab_size}); drop one of them")
@@ -229,7 +253,8 @@ def mocker_config_from_namespace(ns: argparse.Namespace) -> MockerConfig:
                              f"raise --num-gpu-blocks or lower --max-model-len")
         log.warning("context length %d capped at the KV cache capacity of %d tokens", max_len, capacity)
         max_len = capacity
-    name = ns.served_model_name or (Path(model).name if model else "mocker")
+    # a directory is served by its name, a hub id as itself (as the engines do)
+    name = ns.served_model_name or ((Path(model).name if config_dir == model else model) if model else "mocker")
     timing_json = getattr(ns, "mocker_timing", None)
     timing = TimingModel.from_json(timing_json) if timing_json else TimingModel()
     return MockerConfig(

@@ -72,6 +72,7 @@ _NOTHING: frozenset[int] = frozenset()
 class MockerEngine(LLMEngine):
     name = "mocker"
     description = "Dynamo worker over a simulated engine (no GPU, no weights)."
+    accepts_remote_prefill = True  # an aggregated mocker continues pull and bootstrap handoffs alike
     bootstrap_handoff = True  # with --disaggregation-handoff bootstrap on the prefill side (bootstrap.py)
 
     def __init__(self, config: MockerConfig, role: Role = Role.AGGREGATED) -> None:

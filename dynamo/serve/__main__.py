@@ -1,5 +1,11 @@
 """`python -m dynamo.serve GRAPH.yaml`: run a graph of services as local processes.
 
+GRAPH.yaml is our local graph (examples/*.yaml) or a Kubernetes DynamoGraphDeployment
+(deploy/<backend>/*.yaml), e.g. a deploy file tried on one machine with the mocker and a small model:
+
+    python -m dynamo.serve deploy/vllm/disagg_router.yaml --set-module '*Worker=dynamo.mocker' \
+        --set-arg model=/path/to/model --set-arg Frontend:http-port=8000
+
 Prefixes each process's log lines with its name, starts services in order and waits for each to
 be ready (registered in discovery, or answering an HTTP health URL), and on Ctrl-C / SIGTERM stops
 them in reverse order (each drains). If any process dies, the others are stopped and the exit code
@@ -24,7 +30,8 @@ from typing import Any
 from dynamo.runtime.discovery.file import FileDiscovery
 from dynamo.runtime.discovery.records import InstanceRecord
 from dynamo.runtime.identity import namespace_prefix
-from dynamo.serve.graph import Graph, GraphError, Service, load_graph
+from dynamo.serve.graph import Graph, GraphError, Service
+from dynamo.serve.readers import load_graph
 
 log = logging.getLogger("dynamo.serve")
 
@@ -74,8 +81,10 @@ async def _wait_ready(r: Running, discovery_dir: Path, namespace: str, timeout: 
         if r.service.ready == "registered":
             if await _registered(discovery_dir, namespace, r.proc.pid):
                 return
-        elif await asyncio.to_thread(_http_ok, r.service.ready):
-            return
+        else:
+            url = r.service.ready_url()
+            if url is not None and await asyncio.to_thread(_http_ok, url):
+                return
         await asyncio.sleep(0.5)
     raise TimeoutError(f"{r.name} was not ready within {timeout:.0f} s ({r.service.ready})")
 
@@ -102,6 +111,9 @@ async def run_graph(graph: Graph, *, discovery_dir: Path, ready_timeout: float, 
     running: list[Running] = []
     base_env = {**os.environ, **graph.env, "DYN_NAMESPACE": graph.namespace,
                 "DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": str(discovery_dir), "PYTHONUNBUFFERED": "1"}
+    for service in graph.services:
+        for note in service.notes:
+            log.info("%s: %s", service.name, note)
     try:
         for service in graph.ordered():
             started = []
@@ -158,7 +170,12 @@ async def run_graph(graph: Graph, *, discovery_dir: Path, ready_timeout: float, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dynamo.serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("graph", help="graph YAML, e.g. examples/agg.yaml")
+    p.add_argument("graph", help="graph YAML (examples/agg.yaml) or a DynamoGraphDeployment (deploy/vllm/agg.yaml)")
+    p.add_argument("--set-arg", action="append", default=[], metavar="[SERVICE:]FLAG=VALUE",
+                   help="replace a flag's value in every service that has it (or add it to the named "
+                        "services; SERVICE may be a glob), e.g. --set-arg model=/models/tiny")
+    p.add_argument("--set-module", action="append", default=[], metavar="SERVICE=MODULE",
+                   help="run another module with the service's args, e.g. '*Worker=dynamo.mocker'")
     p.add_argument("--discovery-dir", default=None,
                    help="file-discovery directory shared by the services (default: a fresh temporary one)")
     p.add_argument("--ready-timeout", type=float, default=600, help="seconds a service may take to be ready")
@@ -167,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s serve: %(message)s")
     try:
         graph = load_graph(args.graph)
+        for override in args.set_module:
+            graph.set_module(override)
+        for override in args.set_arg:
+            graph.set_arg(override)
     except GraphError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import socket
 import tempfile
@@ -19,7 +20,10 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 
 from dynamo.llm.model_card import ModelSource, Role
 
+log = logging.getLogger(__name__)
+
 NIXL_PORT_ENV = "VLLM_NIXL_SIDE_CHANNEL_PORT"
+NIXL_HOST_ENV = "VLLM_NIXL_SIDE_CHANNEL_HOST"
 NIXL_PROGRESS_DELAY_ENV = "DYN_NIXL_PROGRESS_DELAY_US"
 
 
@@ -55,16 +59,45 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def configure_disaggregation(engine_args: AsyncEngineArgs, role: Role) -> AsyncEngineArgs:
+CONNECTORS = ("nixl", "none")
+
+
+def add_connector_arg(parser: argparse.ArgumentParser) -> None:
+    """`--connector`: how a worker takes KV from prefill workers (Dynamo's vLLM worker flag)."""
+    parser.add_argument("--connector", choices=CONNECTORS, default="nixl",
+                        help="KV connector of a worker without --disaggregation-mode: nixl (default) lets it "
+                             "continue prefills of --is-prefill-worker workers when they are live (so "
+                             "the plain decode + prefill pattern works), none keeps it aggregated only; "
+                             "prefill and decode workers always use NIXL unless --kv-transfer-config says else")
+
+
+def nixl_available() -> bool:
+    try:
+        import nixl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def configure_disaggregation(engine_args: AsyncEngineArgs, role: Role, connector: str = "nixl",
+                             side_channel_host: str | None = None) -> AsyncEngineArgs:
     """Give a prefill or decode engine the NIXL connector it needs to hand KV blocks over.
 
     An explicit `--kv-transfer-config` wins. Otherwise a prefill engine produces KV (kv_producer)
     and a decode engine consumes it (kv_consumer); vLLM deprecates "kv_both" for NixlConnector.
-    NIXL listens on a side-channel port that vLLM reads from VLLM_NIXL_SIDE_CHANNEL_PORT; each
-    worker needs its own, so a free one is picked when the variable is unset. The environment is
-    process-wide: run one disaggregated engine per process. Returns a new AsyncEngineArgs.
+    An aggregated engine consumes too (`connector` "nixl", where NIXL is installed): it computes
+    its own prompts, and can also continue a prefill worker's. NIXL listens on a side-channel port
+    that vLLM reads from VLLM_NIXL_SIDE_CHANNEL_PORT; each worker needs its own, so a free one is
+    picked when the variable is unset. Its host (VLLM_NIXL_SIDE_CHANNEL_HOST, vLLM's default
+    localhost) becomes `side_channel_host`, the worker's advertised address, so that a decode
+    worker in another pod or on another machine reaches it. The environment is process-wide: run
+    one engine with a connector per process. Returns a new AsyncEngineArgs.
     """
-    if role is Role.AGGREGATED or engine_args.kv_transfer_config is not None:
+    if engine_args.kv_transfer_config is not None:
+        return engine_args
+    if role is Role.AGGREGATED and (connector == "none" or not nixl_available()):
+        if connector != "none":
+            log.info("NIXL is not installed: this worker serves aggregated only (prefill workers cannot hand it KV)")
         return engine_args
     from vllm.platforms import current_platform
 
@@ -73,6 +106,8 @@ def configure_disaggregation(engine_args: AsyncEngineArgs, role: Role) -> AsyncE
         kv_role="kv_producer" if role is Role.PREFILL else "kv_consumer",
         kv_buffer_device="cpu" if current_platform.is_cpu() else current_platform.device_type,
     )
+    if side_channel_host and not os.environ.get(NIXL_HOST_ENV):
+        os.environ[NIXL_HOST_ENV] = side_channel_host
     port = os.environ.get(NIXL_PORT_ENV)
     if not port:
         # Read by the engine-core process, which inherits this environment when it is spawned.
@@ -112,9 +147,16 @@ def remove_kv_events_socket(engine_args: AsyncEngineArgs) -> None:
             pass
 
 
-def prepare_engine_args(engine_args: AsyncEngineArgs, role: Role = Role.AGGREGATED) -> AsyncEngineArgs:
+def prepare_engine_args(engine_args: AsyncEngineArgs, role: Role = Role.AGGREGATED,
+                        connector: str = "nixl", side_channel_host: str | None = None) -> AsyncEngineArgs:
     """Everything a worker of `role` needs on top of the user's flags (a new AsyncEngineArgs)."""
-    return configure_kv_events(configure_disaggregation(engine_args, role))
+    return configure_kv_events(configure_disaggregation(engine_args, role, connector, side_channel_host))
+
+
+def consumes_remote_kv(engine_args: AsyncEngineArgs) -> bool:
+    """Whether the engine can continue a prefill worker's request (its connector takes KV in)."""
+    transfer = engine_args.kv_transfer_config
+    return transfer is not None and transfer.kv_role in ("kv_consumer", "kv_both")
 
 
 def model_source_of(engine_args: AsyncEngineArgs) -> ModelSource:

@@ -40,8 +40,11 @@ from dynamo.llm.protocol import (
     KvEventKind,
     Usage,
 )
+from dynamo.runtime.rpc.server import default_advertise_host
 from dynamo.vllm.args import (
+    add_connector_arg,
     add_engine_args,
+    consumes_remote_kv,
     engine_args_from_namespace,
     model_source_of,
     prepare_engine_args,
@@ -68,11 +71,14 @@ class VllmEngine(LLMEngine):
     description = "Dynamo worker over the vLLM engine (AsyncLLM); every vLLM engine flag works."
 
     def __init__(self, engine_args: AsyncEngineArgs, role: Role = Role.AGGREGATED, *,
-                 configure: bool = True) -> None:
-        """With `configure` (the default) the role's NIXL connector and a private KV-event
-        publisher are added unless the flags already set them."""
+                 configure: bool = True, connector: str = "nixl", side_channel_host: str | None = None) -> None:
+        """With `configure` (the default) the role's NIXL connector (`connector` for an aggregated
+        engine; listening on `side_channel_host`) and a private KV-event publisher are added unless
+        the flags already set them."""
         super().__init__(role)
-        self.engine_args = prepare_engine_args(engine_args, role) if configure else engine_args
+        self.engine_args = (prepare_engine_args(engine_args, role, connector, side_channel_host) if configure
+                            else engine_args)
+        self.accepts_remote_prefill = role is Role.AGGREGATED and consumes_remote_kv(self.engine_args)
         self._llm: AsyncLLM | None = None
         self._stats = StatsSink()
         self._kv_subscriber: KvEventSubscriber | None = None
@@ -91,10 +97,13 @@ class VllmEngine(LLMEngine):
     @classmethod
     def add_cli_args(cls, parser: argparse.ArgumentParser) -> None:
         add_engine_args(parser)
+        add_connector_arg(parser)
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace, role: Role) -> VllmEngine:
-        return cls(engine_args_from_namespace(ns), role)
+        # NIXL's side channel is reached at the address the worker advertises in discovery
+        host = getattr(ns, "advertise_host", None) or default_advertise_host()
+        return cls(engine_args_from_namespace(ns), role, connector=ns.connector, side_channel_host=host)
 
     @property
     def model_source(self) -> ModelSource:

@@ -184,8 +184,9 @@ async def test_overloaded_workers_answer_429(tmp_path: Path, tiny_model_dir: Pat
         deadline = time.monotonic() + 10
         while worker.metric("dynamo_worker_inflight_requests") < 1 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        with pytest.raises(openai.RateLimitError, match="max-inflight-per-worker"):
+        with pytest.raises(openai.RateLimitError, match="max-inflight-per-worker") as refused:
             await c.completions.create(model=tiny_model_dir.name, prompt="one more", max_tokens=2)
+        assert refused.value.response.headers["retry-after"] == "1"
         long.cancel()
         deadline = time.monotonic() + 10
         while worker.metric("dynamo_worker_inflight_requests") > 0 and time.monotonic() < deadline:

@@ -36,6 +36,9 @@ class BackendSpec:
     # a prefill worker answers a request without a bootstrap room with its handoff params (pull
     # mode; a bootstrap-mode mocker does both). SGLang's prefill serves only requests with a room.
     pull_handoff: bool = True
+    # a worker started without a mode continues prefill workers' requests (LLMEngine.
+    # accepts_remote_prefill): the plain decode + --is-prefill-worker pattern of the deploy docs
+    plain_decode: bool = True
     clears_kv_cache: bool = True  # ClearKvBlocks drops the prefix cache (else: UNIMPLEMENTED)
     seeded_sampling: str | None = None  # None, or why a per-request seed does not reproduce a sample here
     # a module that prints the engine's own greedy output in-process, given its flags (the
@@ -115,6 +118,7 @@ TRTLLM_DOUBLE = BackendSpec(
     real_weights=False,
     double="runs against the TensorRT-LLM test double (no model numerics); tests/gpu/ runs the real engine",
     clears_kv_cache=False,
+    plain_decode=False,
 )
 TRTLLM = BackendSpec(  # the real engine, where it is installed (a GPU machine: tests/gpu/README.md)
     name="trtllm",
@@ -124,6 +128,7 @@ TRTLLM = BackendSpec(  # the real engine, where it is installed (a GPU machine: 
     marks=(pytest.mark.trtllm, pytest.mark.gpu),
     available=need_module("tensorrt_llm", "TensorRT-LLM is not installed (a GPU machine: see tests/gpu/README.md)"),
     clears_kv_cache=False,
+    plain_decode=False,
 )
 
 # SGLang needs a torch of its own: it lives in .venv-sglang (scripts/setup-sglang.sh), whose pytest
@@ -146,6 +151,7 @@ SGLANG = BackendSpec(
     # orchestration is tested with the mocker (mocker-bootstrap), the real P/D by tests/gpu/.
     disagg=False,
     pull_handoff=False,
+    plain_decode=False,
     seeded_sampling=("SGLang honours a request's seed only with --enable-deterministic-inference, which "
                      "its CPU attention backend (torch_native) does not support"),
     engine_metric="sglang:max_total_num_tokens",
@@ -162,6 +168,7 @@ SGLANG_GPU = BackendSpec(  # the real engine on a GPU machine, P/D over NIXL (te
     marks=(pytest.mark.sglang, pytest.mark.gpu),
     available=need_module("sglang", "SGLang is not installed (a GPU machine: see tests/gpu/README.md)"),
     pull_handoff=False,
+    plain_decode=False,
     engine_metric="sglang:max_total_num_tokens",
     engine_reference="tests.support.sglang_reference",
 )

@@ -192,6 +192,6 @@ async def test_bad_params_are_refused_with_a_reason(
         await collect(decode, GenerateRequest("d", PROMPT[:-1], stop=StopConditions(max_tokens=5),
                                               disaggregated_params=good))
     with pytest.raises(InvalidRequest, match="prefill worker"):  # the shell refuses it before the engine
-        [o async for o in prefill_shell(prefill_engine).generate(request("p2", 1, good))]
+        prefill_shell(prefill_engine).check(request("p2", 1, good))
     assert prefill_engine.num_unfinished_requests() == 0
     assert decode.num_unfinished_requests() == 0

@@ -65,6 +65,9 @@ class _Handler:
     def __init__(self, engine: CountingEngineStream) -> None:
         self.engine = engine
 
+    def check(self, request: GenerateRequest) -> None:
+        """Every request is fine here (the role's rules: dynamo.llm.worker.handlers)."""
+
     def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
         return self.engine.generate(request)
 

@@ -9,7 +9,7 @@ from dynamo.llm.disagg import check_prefill_input, disaggregated, prefill_reques
 from dynamo.llm.engine import LLMEngine
 from dynamo.llm.errors import NoWorkersError, PrefillError
 from dynamo.llm.model_card import Role
-from dynamo.llm.protocol import GenerateOutput, GenerateRequest
+from dynamo.llm.protocol import GenerateOutput, GenerateRequest, InvalidRequest
 from dynamo.llm.worker.metrics import BoundWorkerMetrics
 from dynamo.llm.worker_group import WorkerGroup
 from dynamo.runtime.rpc.client import NoInstancesError
@@ -24,7 +24,17 @@ class RequestHandler:
         self.engine = engine
         self.metrics = metrics
 
+    def check(self, request: GenerateRequest) -> None:
+        """The role's rules for a request, before anything runs (InvalidRequest)."""
+        params = request.disaggregated_params
+        if (params is not None or request.bootstrap is not None) and not self.engine.accepts_remote_prefill:
+            made_by = f" (disaggregated_params from a {params.engine!r} prefill worker)" if params else ""
+            raise InvalidRequest(f"this aggregated {self.engine.name} worker cannot continue a prefill worker's "
+                                 f"request{made_by}: send it without a prefill result, or to a decode worker")
+
     def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        if request.disaggregated_params is not None or request.bootstrap is not None:
+            self.metrics.prefill("remote")  # a worker without a mode continuing a prefill worker's request
         return self.engine.generate(request)
 
 
@@ -36,8 +46,10 @@ class PrefillHandler(RequestHandler):
         super().__init__(engine, metrics)
         self.instance_id = instance_id
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+    def check(self, request: GenerateRequest) -> None:
         check_prefill_input(request)
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
         async for out in self.engine.generate(prefill_request(request)):
             yield stamp_prefill_output(out, self.instance_id)
 
@@ -54,6 +66,9 @@ class DecodeHandler(RequestHandler):
         self.max_local_prefill_length = max_local_prefill_length
         self.prefill_timeout = prefill_timeout
         self.fallback_local = fallback_local
+
+    def check(self, request: GenerateRequest) -> None:
+        """A decode worker takes a prefill's result, or prefills first (remotely or locally)."""
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
         rid = request.request_id

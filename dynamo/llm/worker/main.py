@@ -54,14 +54,15 @@ def run_worker(engine: LLMEngine, config: WorkerConfig) -> int:
 
 
 def build_card(source: ModelSource, info: EngineInfo, role: Role, engine_name: str,
-               advertise_host: str = "127.0.0.1") -> ModelCard:
+               advertise_host: str = "127.0.0.1", accepts_remote_prefill: bool = False) -> ModelCard:
     bootstrap = (f"{advertise_host}:{info.bootstrap_port}"
                  if role is Role.PREFILL and info.bootstrap_port else None)
     return ModelCard(served_model_name=source.served_model_name, model_path=source.model_path,
                      tokenizer=source.tokenizer or source.model_path, context_length=info.context_length,
                      kv_block_size=info.kv_block_size, total_kv_blocks=info.total_kv_blocks, role=role,
                      engine=engine_name, chat_template=source.chat_template, vocab_size=info.vocab_size,
-                     eos_token_ids=list(info.eos_token_ids), bootstrap_endpoint=bootstrap)
+                     eos_token_ids=list(info.eos_token_ids), bootstrap_endpoint=bootstrap,
+                     accepts_remote_prefill=role is Role.AGGREGATED and accepts_remote_prefill)
 
 
 async def _serve(engine: LLMEngine, config: WorkerConfig) -> int:
@@ -91,7 +92,8 @@ async def _serve(engine: LLMEngine, config: WorkerConfig) -> int:
         info = starting.result()
         engine_started = True
         runtime.install_signal_handlers()  # an engine may have taken the loop's handlers while starting (SGLang does)
-        card = build_card(source, info, config.role, engine.name, runtime.advertise_host())
+        card = build_card(source, info, config.role, engine.name, runtime.advertise_host(),
+                          engine.accepts_remote_prefill)
         prefill_group = None
         if config.role is Role.DECODE:
             pool = ModelPool(runtime.discovery, config.runtime.namespace, config.request_transport)

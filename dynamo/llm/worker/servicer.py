@@ -79,6 +79,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             req.validate_common(vocab_size=self._info.vocab_size, context_length=self._info.context_length,
                                 served_model=self._card.served_model_name)
             check_handoff_mode(req, self._handler.engine.name, self._handler.engine.bootstrap_handoff)
+            self._handler.check(req)
         except InvalidRequest as e:
             self._metrics.request_done("invalid")
             return grpc.StatusCode.INVALID_ARGUMENT, str(e)

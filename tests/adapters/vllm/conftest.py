@@ -7,11 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from dynamo.vllm.args import NIXL_PORT_ENV
 from tests.support.hf_reference import HfReference, random_prompt
 
 # vLLM on CPU: no hub access, a small KV cache (GiB). Set before any engine process is spawned.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+# A NIXL side-channel port picked by an in-process engine (dynamo.vllm.args.configure_disaggregation
+# writes it to os.environ for vLLM's engine core) must not leak into the worker processes later
+# tests spawn: two engines on one port collide. Empty = unset: each engine picks its own.
+@pytest.fixture(autouse=True)
+def _no_leaked_nixl_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(NIXL_PORT_ENV, "")
+
 
 @pytest.fixture(scope="session")
 def tiny_engine_kwargs(tiny_model_dir: Path) -> dict[str, object]:

@@ -33,7 +33,8 @@ PREFIX = "@@"
 
 
 def say(message: dict) -> None:
-    print(PREFIX + json.dumps(message), flush=True)
+    # DisaggregatedParams.opaque is bytes (empty for vLLM): sent as latin-1 text, read back below
+    print(PREFIX + json.dumps(message, default=lambda b: b.decode("latin-1")), flush=True)
 
 
 async def main(model_dir: str, role: str) -> None:
@@ -53,7 +54,8 @@ async def main(model_dir: str, role: str) -> None:
                 request_id=message["request_id"],
                 token_ids=message["token_ids"],
                 stop=StopConditions(max_tokens=message["max_tokens"], ignore_eos=True),
-                disaggregated_params=DisaggregatedParams(**params) if params else None,
+                disaggregated_params=(DisaggregatedParams(**{**params, "opaque": params.get("opaque", "").encode("latin-1")})
+                                      if params else None),
             )
             if engine.role is Role.PREFILL:
                 request = prefill_request(request)

@@ -59,7 +59,12 @@ def test_configure_disaggregation_roles(monkeypatch: pytest.MonkeyPatch, tiny_mo
     # collide (the conformance suite's prefill and decode workers did).
     monkeypatch.setenv(vargs.NIXL_PORT_ENV, "")
     base = AsyncEngineArgs(model=str(tiny_model_dir))
-    assert vargs.configure_disaggregation(base, Role.AGGREGATED).kv_transfer_config is None
+    # A worker without a mode consumes KV too (it continues prefill workers' requests when they
+    # are live), unless --connector none.
+    agg = vargs.configure_disaggregation(base, Role.AGGREGATED).kv_transfer_config
+    assert (agg.kv_connector, agg.kv_role) == ("NixlConnector", "kv_consumer")
+    assert vargs.consumes_remote_kv(vargs.configure_disaggregation(base, Role.AGGREGATED))
+    assert vargs.configure_disaggregation(base, Role.AGGREGATED, "none").kv_transfer_config is None
 
     prefill = vargs.configure_disaggregation(base, Role.PREFILL).kv_transfer_config
     assert (prefill.kv_connector, prefill.kv_role, prefill.kv_buffer_device) == (

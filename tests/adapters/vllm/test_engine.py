@@ -26,6 +26,7 @@ from dynamo.llm.protocol import (
     SamplingOptions,
     StopConditions,
 )
+from dynamo.vllm.args import NIXL_PORT_ENV
 from dynamo.vllm.engine import VllmEngine
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -61,8 +62,10 @@ class EventLog:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine(tiny_engine_kwargs):
-    eng = VllmEngine(AsyncEngineArgs(**tiny_engine_kwargs))
-    await eng.start()
+    with pytest.MonkeyPatch.context() as env:  # the engine's NIXL port stays out of later processes
+        env.setenv(NIXL_PORT_ENV, "")
+        eng = VllmEngine(AsyncEngineArgs(**tiny_engine_kwargs))
+        await eng.start()
     eng.test_events = EventLog(eng.kv_events())  # subscribed before any request runs
     try:
         yield eng
