@@ -21,7 +21,7 @@ from starlette.routing import Route
 from .args import DEFAULT_MAX_BODY_BYTES
 from .backend import ServingBackend
 from .detokenize import make_detokenizer
-from .errors import ApiError, invalid, to_api_error
+from .errors import CLIENT_CLOSED, ApiError, invalid, to_api_error
 from .generation import GenerationJob, GenerationResponse
 from .metrics import CONTENT_TYPE, FrontendMetrics
 from .multiprocess import process_index
@@ -49,6 +49,11 @@ def error_response(error: ApiError) -> Response:
                else {"retry-after": RETRY_AFTER_S} if error.status in (429, 503) else None)
     return Response(error.json_bytes(), status_code=error.status, media_type="application/json",
                     headers=headers)
+
+
+# How long GET /v1/models waits for a new model's tokenizer before leaving the model out (it is
+# listed by a later call, once loaded).
+LIST_WAIT_S = 2.0
 
 
 class FrontendApp:
@@ -126,12 +131,14 @@ class FrontendApp:
             card = self.backend.card(parsed.model)
             model_label = card.served_model_name
             tokenizer = await self.tokenizers.get(card)
-            prompt_ids = await prompt_token_ids(parsed, tokenizer)
+            prompt_ids = await prompt_token_ids(parsed, tokenizer, card.context_length)
             request_id = _request_id(request, "chatcmpl-" if chat else "cmpl-")
             generate_request = build_generate_request(parsed, card, prompt_ids, request_id)
         except Exception as exc:
             error = to_api_error(exc)
-            if error.status >= 500 and error.status != 503:
+            if error.status == CLIENT_CLOSED:
+                log.info("%s: %s", request.url.path, error.message)
+            elif error.status >= 500 and error.status != 503:
                 log.exception("request failed before generation")
             self.metrics.requests.labels(model_label, endpoint, str(error.status)).inc()
             self.active -= 1
@@ -159,8 +166,22 @@ class FrontendApp:
             self._check_auth(request)
         except ApiError as error:
             return error_response(error)
-        return json_response({"object": "list", "data": [_model_entry(c) for c in
-                                                         self.backend.models()]})
+        return json_response({"object": "list", "data": [_model_entry(c) for c in await self._servable()]})
+
+    async def _servable(self) -> list[Any]:
+        """The models a request can be served for now: a model is listed once its tokenizer is
+        loaded (waited for here, within a bound), never seconds before a request could use it."""
+        async def ready(card: Any) -> bool:
+            if self.tokenizers.is_loaded(card):
+                return True
+            try:
+                await asyncio.wait_for(self.tokenizers.get(card), LIST_WAIT_S)  # get() shields the load
+            except Exception:  # not loaded in time, or failed: /health says which
+                return False
+            return True
+        cards = self.backend.models()
+        listed = await asyncio.gather(*(ready(c) for c in cards))
+        return [c for c, ok in zip(cards, listed) if ok]
 
     async def get_model(self, request: Request) -> Response:
         try:

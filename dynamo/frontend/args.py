@@ -11,9 +11,11 @@ from dynamo.frontend.router.settings import CostWeights, KvRouterSettings
 from dynamo.llm.transport import DEFAULT_TRANSPORT, add_transport_arg
 from dynamo.runtime.config import (
     DiscoveryConfig,
+    TlsConfig,
     add_discovery_args,
     add_env_flag,
     add_log_level_arg,
+    add_tls_args,
     choice,
     float_range,
     int_range,
@@ -38,6 +40,7 @@ class FrontendConfig:
     log_level: str = "info"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_transport: str = DEFAULT_TRANSPORT  # requests to a worker: all on one GenerateStream, or a call each
+    tls: TlsConfig = field(default_factory=TlsConfig)  # how to reach workers that serve TLS
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -52,6 +55,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     add_env_flag(p, "--http-port", env_var="DYN_HTTP_PORT", default=d.http_port, env=env,
                  type=int_range(0, 65535), help="port to listen on (0: any free port)")
     add_discovery_args(p, env)  # --namespace, --discovery-backend, --discovery-dir, --etcd-endpoints, --discovery-ttl
+    add_tls_args(p, env)  # --tls-ca (and --tls-cert/--tls-key for mutual TLS) to reach TLS workers
     add_env_flag(p, "--router-mode", env_var=ROUTER_MODE_ENV, default=d.router_mode, env=env,
                  type=choice(*ROUTER_MODES), help="how a worker is picked for each request")
     k = p.add_argument_group("KV-aware routing (--router-mode kv)")
@@ -101,7 +105,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
 
 
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> FrontendConfig:
-    ns = build_parser(env).parse_args(argv)
+    parser = build_parser(env)
+    ns = parser.parse_args(argv)
+    try:
+        tls = TlsConfig.from_args(ns)
+    except ValueError as e:
+        parser.error(str(e))
     kv_router = KvRouterSettings(
         weights=CostWeights(overlap_weight=ns.kv_overlap_score_weight, temperature=ns.router_temperature,
                             busy_threshold=ns.kv_busy_threshold),
@@ -113,4 +122,4 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         migration_limit=ns.migration_limit, max_inflight_per_worker=ns.max_inflight_per_worker,
         max_inflight=ns.max_inflight, num_workers=ns.num_workers,
         api_key=ns.api_key or None, log_level=ns.log_level, max_body_bytes=ns.max_body_bytes,
-        request_transport=ns.request_transport)
+        request_transport=ns.request_transport, tls=tls)

@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from starlette.requests import ClientDisconnect
 
 from dynamo.llm.protocol import InvalidRequest
 
 from .backend import BackendError
+
+# nginx's "client closed request": the client went away before its request was read. Not a server
+# error: counted apart, logged at info (anyone could otherwise inflate the 5xx metric and the logs).
+CLIENT_CLOSED = 499
 
 
 class ApiError(Exception):
@@ -42,6 +47,9 @@ def to_api_error(exc: BaseException) -> ApiError:
         return exc
     if isinstance(exc, InvalidRequest):
         return ApiError(400, str(exc))
+    if isinstance(exc, ClientDisconnect):
+        return ApiError(CLIENT_CLOSED, "the client closed the connection before its request was read",
+                        type="client_closed_request")
     if isinstance(exc, BackendError):
         return ApiError(exc.http_status, str(exc) or type(exc).__name__, type=exc.error_type)
     return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="internal_error")

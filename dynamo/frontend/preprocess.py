@@ -9,10 +9,25 @@ from .errors import invalid
 from .schemas import ParsedRequest
 from .tokenizer import ModelTokenizer
 
+# Normalizers may fold a few characters into one before tokenizing (NFKC, combining marks).
+_NORMALIZATION_SLACK = 2
 
-async def prompt_token_ids(req: ParsedRequest, tokenizer: ModelTokenizer) -> list[int]:
+
+def refuse_if_cannot_fit(chars: int, tokenizer: ModelTokenizer, context: int, param: str) -> None:
+    """Refuse, before tokenizing, a prompt too long for the context whatever its text: no token
+    covers more characters than the vocabulary's longest, so `chars` characters make at least
+    chars / max_token_chars tokens. A megabytes-long prompt then costs a length check, not seconds
+    of tokenizing."""
+    fewest = chars // (tokenizer.max_token_chars * _NORMALIZATION_SLACK)
+    if fewest >= context:
+        raise invalid(f"the {param} has {chars} characters, at least {fewest} tokens: past this model's "
+                      f"context of {context} tokens", param)
+
+
+async def prompt_token_ids(req: ParsedRequest, tokenizer: ModelTokenizer, context: int) -> list[int]:
     if req.kind == "chat":
         assert req.messages is not None
+        refuse_if_cannot_fit(sum(len(m["content"]) for m in req.messages), tokenizer, context, "messages")
         ids = await tokenizer.prompt_ids_for_chat(req.messages)
         param = "messages"
     elif req.prompt_ids is not None:
@@ -24,6 +39,7 @@ async def prompt_token_ids(req: ParsedRequest, tokenizer: ModelTokenizer) -> lis
         return ids
     else:
         assert req.prompt_text is not None
+        refuse_if_cannot_fit(len(req.prompt_text), tokenizer, context, "prompt")
         ids = await tokenizer.prompt_ids_for_text(req.prompt_text)
         param = "prompt"
     if not ids:

@@ -16,7 +16,12 @@ from dynamo.llm.protocol import SamplingOptions
 from .errors import invalid
 
 MAX_STOP_STRINGS = 4
+MAX_STOP_TOKEN_IDS = 256
 MAX_LOGPROBS = 20
+# The widths of the protocol's fields (dynamo/llm/proto/worker.proto): a number past them is the
+# client's error, said as such, not a server error when the message is built.
+UINT32_MAX = 2**32 - 1
+INT32_MAX = 2**31 - 1
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 
 
@@ -119,8 +124,11 @@ def _stop_token_ids(body: dict[str, Any]) -> list[int]:
     value = body.get("stop_token_ids")
     if value is None:
         return []
-    if not isinstance(value, list) or not all(type(t) is int and t >= 0 for t in value):
-        raise invalid("'stop_token_ids' must be an array of non-negative token ids",
+    if not isinstance(value, list) or not all(type(t) is int and 0 <= t <= UINT32_MAX for t in value):
+        raise invalid(f"'stop_token_ids' must be an array of token ids (integers 0..{UINT32_MAX})",
+                      "stop_token_ids")
+    if len(value) > MAX_STOP_TOKEN_IDS:
+        raise invalid(f"'stop_token_ids' takes at most {MAX_STOP_TOKEN_IDS} ids, got {len(value)}",
                       "stop_token_ids")
     return value
 
@@ -146,12 +154,12 @@ def _refuse_unsupported(body: dict[str, Any], kind: str) -> None:
 
 
 def _common(body: dict[str, Any], req: ParsedRequest) -> None:
-    max_tokens = _int(body, "max_tokens", lo=1)
-    max_completion = _int(body, "max_completion_tokens", lo=1) if req.kind == "chat" else None
+    max_tokens = _int(body, "max_tokens", lo=1, hi=UINT32_MAX)
+    max_completion = _int(body, "max_completion_tokens", lo=1, hi=UINT32_MAX) if req.kind == "chat" else None
     req.max_tokens = max_completion if max_completion is not None else max_tokens
     if max_completion is not None:
         req.max_tokens_param = "max_completion_tokens"
-    req.min_tokens = _int(body, "min_tokens", lo=0)
+    req.min_tokens = _int(body, "min_tokens", lo=0, hi=UINT32_MAX)
     if req.min_tokens is not None and req.max_tokens is not None and req.min_tokens > req.max_tokens:
         raise invalid(f"'min_tokens' ({req.min_tokens}) must not exceed max_tokens "
                       f"({req.max_tokens})", "min_tokens")
@@ -162,7 +170,7 @@ def _common(body: dict[str, Any], req: ParsedRequest) -> None:
     req.sampling = SamplingOptions(
         temperature=_num(body, "temperature", 0.0, 2.0),
         top_p=_num(body, "top_p", 0.0, 1.0, lo_open=True),
-        top_k=_int(body, "top_k", lo=-1),
+        top_k=_int(body, "top_k", lo=-1, hi=INT32_MAX),
         min_p=_num(body, "min_p", 0.0, 1.0),
         seed=_int(body, "seed", lo=-(2**63), hi=2**63 - 1),
         presence_penalty=_num(body, "presence_penalty", -2.0, 2.0),

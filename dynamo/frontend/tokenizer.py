@@ -27,6 +27,7 @@ class ModelTokenizer:
     chat_template: str | None
     fast: Any = None  # its tokenizers.Tokenizer: encode and incremental decode without Python overhead
     vocab_size: int = 0
+    max_token_chars: int = 1  # the longest token's text: a prompt of N characters has >= N / this tokens
     _token_text: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -36,6 +37,7 @@ class ModelTokenizer:
                              "needs a fast one (a tokenizer.json, or a tokenizer transformers can "
                              "convert: AutoTokenizer.from_pretrained(..., use_fast=True))")
         self.vocab_size = len(self.hf)
+        self.max_token_chars = max((len(t) for t in self.fast.get_vocab(with_added_tokens=True)), default=1)
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         if self.chat_template is None and getattr(self.hf, "chat_template", None) is None:

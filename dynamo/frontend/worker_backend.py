@@ -27,6 +27,7 @@ from dynamo.llm.transport import DEFAULT_TRANSPORT
 from dynamo.llm.worker_group import WorkerGroup
 from dynamo.runtime.discovery import Discovery, open_discovery
 from dynamo.runtime.discovery.records import InstanceRecord
+from dynamo.runtime.rpc import tls as rpc_tls
 from dynamo.runtime.rpc.client import NoInstancesError
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class WorkerServingBackend:
         self.max_inflight_per_worker = max_inflight_per_worker
         self.prefill_timeout = prefill_timeout
         self.migrations = 0  # requests moved to another worker (tests and metrics read it)
+        self.rerouted = 0  # requests sent elsewhere because their first worker was unreachable
         self._idle_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> WorkerServingBackend:
@@ -173,6 +175,14 @@ class WorkerServingBackend:
                     yield out
                 return
             except WorkerError as e:
+                if e.unreached and not generated:
+                    # It never had the request (connection refused: a dead worker whose record
+                    # lingers): another instance takes it, whatever the migration limit.
+                    failed.add(record.instance_id)
+                    self.rerouted += 1
+                    log.warning("[%s] worker %s unreachable (%s); sending the request to another worker",
+                                original.request_id, record.instance_id, e)
+                    continue
                 if not e.retryable or attempt >= self.migration_limit:
                     raise WorkerFailed(f"request {request.request_id} failed on worker {record.instance_id}: "
                                        f"{e}") from e
@@ -195,20 +205,39 @@ class WorkerServingBackend:
                              request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
         """The prompt prefilled on a prefill worker (the router's pick), the rest on `record`, in
         the prefill worker's handoff mode (dynamo.llm.disagg)."""
-        try:
-            decision = self._route(prefill, request, PREFILL_ROLES)
-        except NoInstancesError as e:
-            raise WorkerFailed(str(e)) from e
-        usage: list[Usage] = []
-        try:
-            async for out in disaggregated(prefill, decision.record, request, self.prefill_timeout,
-                                           lambda r: decode.generate(record, r),
-                                           on_prefill_output=lambda o: usage.append(o.usage) if o.usage else None):
-                yield out
-        except (PrefillError, NoWorkersError) as e:
-            raise WorkerFailed(str(e)) from e
-        finally:
-            decision.finished(usage[-1] if usage else None)
+        unreachable: set[str] = set()
+        while True:
+            try:
+                decision = self._route(prefill, request, PREFILL_ROLES, exclude=unreachable)
+            except NoInstancesError as e:
+                if not unreachable:
+                    raise WorkerFailed(str(e)) from e
+                # Every prefill worker is unreachable: the decode side prefills (a decode worker by its
+                # own rules, an aggregated one itself).
+                log.warning("[%s] no prefill worker is reachable; the decode worker %s takes the whole request",
+                            request.request_id, record.instance_id)
+                async for out in decode.generate(record, request):
+                    yield out
+                return
+            usage: list[Usage] = []
+            produced = False
+            try:
+                async for out in disaggregated(prefill, decision.record, request, self.prefill_timeout,
+                                               lambda r: decode.generate(record, r),
+                                               on_prefill_output=lambda o: usage.append(o.usage) if o.usage else None):
+                    produced = True
+                    yield out
+                return
+            except PrefillError as e:
+                if e.unreached and not produced:
+                    unreachable.add(decision.record.instance_id)
+                    self.rerouted += 1
+                    continue
+                raise WorkerFailed(str(e)) from e
+            except NoWorkersError as e:
+                raise WorkerFailed(str(e)) from e
+            finally:
+                decision.finished(usage[-1] if usage else None)
 
     def _route(self, group: WorkerGroup, request: GenerateRequest, roles: tuple[Role, ...],
                exclude: Collection[str] = (), overlap_credit: bool = True) -> Decision:
@@ -253,6 +282,7 @@ def _usage_across_attempts(original: GenerateRequest, generated: list[int], last
 
 async def create_serving_backend(config: FrontendConfig, router_observer: RouterObserver | None = None
                                  ) -> WorkerServingBackend:
+    rpc_tls.configure_client(config.tls)  # for workers whose records say TLS
     discovery = open_discovery(config.discovery)
     await discovery.start()
     backend = WorkerServingBackend(discovery, config.namespace, router_mode=config.router_mode,

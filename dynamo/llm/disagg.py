@@ -160,7 +160,7 @@ async def _run_prefill(prefill: WorkerGroup, record: InstanceRecord, request: Ge
                            f"took longer than {timeout:g} s", instance_id=record.instance_id) from None
     except WorkerError as e:
         raise PrefillError(f"{what} of request {request.request_id} failed: {e}",
-                           instance_id=record.instance_id) from e
+                           instance_id=record.instance_id, unreached=e.unreached) from e
     return params
 
 

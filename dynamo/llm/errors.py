@@ -5,12 +5,15 @@ from __future__ import annotations
 
 class WorkerError(RuntimeError):
     """A worker failed a request (engine error, crash, disconnect). `retryable`: the request may be
-    migrated to another worker."""
+    migrated to another worker. `unreached`: the instance could not be reached and produced nothing
+    for it, so the request may go to another instance whatever the migration limit."""
 
-    def __init__(self, message: str, *, instance_id: str = "", retryable: bool = False) -> None:
+    def __init__(self, message: str, *, instance_id: str = "", retryable: bool = False,
+                 unreached: bool = False) -> None:
         super().__init__(message)
         self.instance_id = instance_id
-        self.retryable = retryable
+        self.retryable = retryable or unreached
+        self.unreached = unreached
 
 
 class NoWorkersError(RuntimeError):

@@ -29,6 +29,17 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.Statu
               grpc.StatusCode.UNKNOWN)
 
 
+# What a worker or grpc says when a request never reached the engine: the connection was refused,
+# or the worker was draining and refused new work. (A stream that broke after the call was made
+# may have reached it: that is a migration's business, not a reroute's.)
+_NEVER_REACHED = ("failed to connect", "connection refused", "is draining")
+
+
+def _never_reached(detail: str) -> bool:
+    detail = detail.lower()
+    return any(marker in detail for marker in _NEVER_REACHED)
+
+
 class WorkerGroup:
     def __init__(self, endpoint: EndpointClient, transport: str = DEFAULT_TRANSPORT) -> None:
         self.endpoint = endpoint
@@ -53,7 +64,7 @@ class WorkerGroup:
     async def generate(self, record: InstanceRecord, request: GenerateRequest,
                        timeout: float | None = None) -> AsyncIterator[GenerateOutput]:
         """Stream `request` on one instance. Closing the iterator early cancels it on the worker."""
-        finished = False
+        finished = produced = False
         outputs = self._outputs(record, request, timeout)
         try:
             async for out in outputs:
@@ -61,13 +72,20 @@ class WorkerGroup:
                     raise WorkerError(f"worker {record.instance_id} failed request {request.request_id}: "
                                       f"{out.error or 'engine error'}", instance_id=record.instance_id)
                 finished = out.finish_reason is not None
+                produced = True
                 yield out
         except InstanceUnreachableError as e:
-            raise WorkerError(str(e), instance_id=record.instance_id, retryable=True) from e
+            self.endpoint.hold_out(record.instance_id)  # not chosen again while its record lingers
+            raise WorkerError(str(e), instance_id=record.instance_id, retryable=True,
+                              unreached=not produced and _never_reached(str(e))) from e
         except grpc.aio.AioRpcError as e:
             code = e.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidRequest(e.details() or "invalid request") from None
+            if code == grpc.StatusCode.UNAVAILABLE and not produced and _never_reached(e.details() or ""):
+                self.endpoint.hold_out(record.instance_id)
+                raise WorkerError(f"worker {record.instance_id}: {e.details()}", instance_id=record.instance_id,
+                                  unreached=True) from e
             raise WorkerError(f"worker {record.instance_id} at {record.target}: {code.name}: {e.details()}",
                               instance_id=record.instance_id, retryable=code in _RETRYABLE) from e
         finally:

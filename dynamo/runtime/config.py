@@ -123,6 +123,49 @@ def add_env_flag(parser: argparse.ArgumentParser, *flags: str, env_var: str | No
 
 # --- discovery ---------------------------------------------------------------------------------
 
+# --- TLS: the request plane (dynamo.runtime.rpc.tls) and the etcd client -------------------------------------------------
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """`--tls-cert` + `--tls-key`: serve gRPC over TLS (workers), present it to servers that ask
+    (clients). `--tls-ca`: verify servers with it (clients), require client certificates it
+    signed (TLS servers: mutual TLS)."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> TlsConfig:
+        config = cls(cert=getattr(ns, "tls_cert", None), key=getattr(ns, "tls_key", None),
+                     ca=getattr(ns, "tls_ca", None))
+        config.validate()
+        return config
+
+    def validate(self, prefix: str = "--tls-") -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError(f"{prefix}cert and {prefix}key go together: a certificate and its private key")
+        for flag, path in ((f"{prefix}cert", self.cert), (f"{prefix}key", self.key), (f"{prefix}ca", self.ca)):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{flag} {path}: no such file")
+
+    @property
+    def serves_tls(self) -> bool:
+        return bool(self.cert and self.key)
+
+
+def add_tls_args(parser: argparse.ArgumentParser, env: Environ | None = None) -> None:
+    g = parser.add_argument_group("request-plane TLS")
+    add_env_flag(parser, "--tls-cert", env_var="DYN_TLS_CERT", default=None, env=env, group=g,
+                 help="PEM certificate: a worker serves gRPC over TLS with it (and says so in discovery); "
+                      "a client presents it to workers that require client certificates")
+    add_env_flag(parser, "--tls-key", env_var="DYN_TLS_KEY", default=None, env=env, group=g,
+                 help="PEM private key of --tls-cert")
+    add_env_flag(parser, "--tls-ca", env_var="DYN_TLS_CA", default=None, env=env, group=g,
+                 help="PEM CA: clients verify TLS workers with it (default: the system's roots); a TLS "
+                      "worker then requires client certificates it signed (mutual TLS)")
+
+
 @dataclass
 class DiscoveryConfig:
     """Where the processes of a deployment find each other."""
@@ -131,11 +174,15 @@ class DiscoveryConfig:
     directory: str | None = None  # file backend; None: dynamo.runtime.discovery.default_discovery_dir()
     etcd_endpoints: list[str] = field(default_factory=lambda: [DEFAULT_ETCD_ENDPOINT])
     ttl: float = DEFAULT_DISCOVERY_TTL_S  # seconds a dead process stays registered
+    etcd_tls: TlsConfig = field(default_factory=TlsConfig)  # the etcd client's CA and certificate
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> DiscoveryConfig:
+        etcd_tls = TlsConfig(cert=getattr(ns, "etcd_cert", None), key=getattr(ns, "etcd_key", None),
+                             ca=getattr(ns, "etcd_ca", None))
+        etcd_tls.validate("--etcd-")
         return cls(backend=ns.discovery_backend, directory=ns.discovery_dir,
-                   etcd_endpoints=list(ns.etcd_endpoints), ttl=ns.discovery_ttl)
+                   etcd_endpoints=list(ns.etcd_endpoints), ttl=ns.discovery_ttl, etcd_tls=etcd_tls)
 
     @classmethod
     def from_env(cls, env: Environ | None = None) -> DiscoveryConfig:
@@ -174,6 +221,12 @@ def add_discovery_args(parser: argparse.ArgumentParser, env: Environ | None = No
     add_env_flag(parser, "--discovery-ttl", env_var="DYN_DISCOVERY_TTL", default=DEFAULT_DISCOVERY_TTL_S,
                  env=env, group=g, type=float_range(0.0, lo_open=True),
                  help="seconds a dead process stays registered (lease TTL)")
+    add_env_flag(parser, "--etcd-ca", env_var="DYN_ETCD_CA", default=None, env=env, group=g,
+                 help="PEM CA to verify etcd with: the client speaks TLS (also for https:// endpoints)")
+    add_env_flag(parser, "--etcd-cert", env_var="DYN_ETCD_CERT", default=None, env=env, group=g,
+                 help="PEM client certificate for etcd's --client-cert-auth")
+    add_env_flag(parser, "--etcd-key", env_var="DYN_ETCD_KEY", default=None, env=env, group=g,
+                 help="PEM private key of --etcd-cert")
 
 
 # --- a serving process (a worker) --------------------------------------------------------------
@@ -198,6 +251,7 @@ def add_runtime_args(parser: argparse.ArgumentParser, env: Environ | None = None
                  help="HTTP port for /health, /live and /metrics; 0 picks a free one; unset: off")
     add_env_flag(parser, "--drain-timeout", env_var="DYN_DRAIN_TIMEOUT", default=30.0, env=env, group=g,
                  type=float_range(0.0), help="seconds in-flight requests may take to finish after SIGTERM")
+    add_tls_args(parser, env)
 
 
 @dataclass
@@ -210,6 +264,7 @@ class RuntimeConfig:
     advertise_host: str | None = None
     system_port: int | None = None
     drain_timeout: float = 30.0
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> RuntimeConfig:
@@ -224,6 +279,7 @@ class RuntimeConfig:
             advertise_host=getattr(ns, "advertise_host", defaults.advertise_host),
             system_port=getattr(ns, "system_port", defaults.system_port),
             drain_timeout=getattr(ns, "drain_timeout", defaults.drain_timeout),
+            tls=TlsConfig.from_args(ns),
         )
 
 

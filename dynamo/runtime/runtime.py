@@ -19,6 +19,7 @@ from dynamo.runtime.discovery.records import InstanceRecord
 from dynamo.runtime.identity import EndpointAddress, new_instance_id
 from dynamo.runtime.lifecycle import ShutdownSignal
 from dynamo.runtime.rpc import local_socket
+from dynamo.runtime.rpc import tls as rpc_tls
 from dynamo.runtime.rpc.client import EndpointClient
 from dynamo.runtime.rpc.server import RpcServer, default_advertise_host
 from dynamo.runtime.system_server import SystemServer
@@ -35,7 +36,8 @@ class DistributedRuntime:
         self.registry = registry or CollectorRegistry()
         self.discovery: Discovery = open_discovery(config.discovery)
         self.server = RpcServer(config.grpc_host, config.grpc_port,
-                                local_socket.socket_path(config.grpc_local_socket))
+                                local_socket.socket_path(config.grpc_local_socket), tls=config.tls)
+        rpc_tls.configure_client(config.tls)  # this process's calls to other TLS instances
         self.shutdown_signal = ShutdownSignal()
         self._records: list[InstanceRecord] = []
         self._clients: list[EndpointClient] = []
@@ -79,7 +81,8 @@ class DistributedRuntime:
                              new_instance_id(), self.advertise_host(), self.server.port,
                              metadata or {}, pid=os.getpid(),
                              local_socket=str(self.server.local_socket or ""),
-                             host_id=local_socket.host_id() if self.server.local_socket else "")
+                             host_id=local_socket.host_id() if self.server.local_socket else "",
+                             tls=self.server.tls is not None)
         await self.discovery.put(rec.key, rec.to_json())
         self._records.append(rec)
         return rec

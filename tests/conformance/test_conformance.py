@@ -445,6 +445,30 @@ async def test_bad_input_is_invalid_argument(agg: WorkerProcess, case: tuple) ->
     assert len(tokens(good)) == 4
 
 
+@pytest.mark.parametrize("method, streaming", [("Generate", False), ("GenerateStream", True)])
+async def test_bytes_that_do_not_decode_are_invalid_argument(agg: WorkerProcess, method: str, streaming: bool) -> None:
+    """Garbage where a protobuf message belongs: INVALID_ARGUMENT with one warning line in the
+    worker's log (no UNKNOWN, no traceback), and the worker goes on serving."""
+    assert agg.record is not None
+    logged = len(agg.log())
+    garbage = b"\xff\xff\xff\xff\x0f" + bytes(range(40))
+    async with grpc.aio.insecure_channel(agg.record.target) as channel:
+        path = f"/{pb.DESCRIPTOR.services_by_name['Worker'].full_name}/{method}"
+        if streaming:
+            call = channel.stream_stream(path)(iter([garbage]), timeout=30)
+        else:
+            call = channel.unary_stream(path)(garbage, timeout=30)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert "does not decode" in (err.value.details() or "")
+    said = agg.log()[logged:]
+    assert "does not decode" in said and "Traceback" not in said
+    good = await agg.generate(req(prompt(8, 10), max_tokens=4))
+    assert len(tokens(good)) == 4
+
+
 # --- greedy equality with the engine's reference (real weights only) ----------------------------------
 
 @pytest.mark.real_weights

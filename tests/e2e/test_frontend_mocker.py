@@ -181,9 +181,7 @@ async def test_overloaded_workers_answer_429(tmp_path: Path, tiny_model_dir: Pat
         c = fe.client()
         long = asyncio.create_task(c.completions.create(model=tiny_model_dir.name, prompt="long", max_tokens=1500,
                                                         extra_body={"ignore_eos": True}))
-        deadline = time.monotonic() + 10
-        while worker.metric("dynamo_worker_inflight_requests") < 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await worker.wait_inflight(1, 10, load=long)  # type: ignore[arg-type]
         with pytest.raises(openai.RateLimitError, match="max-inflight-per-worker") as refused:
             await c.completions.create(model=tiny_model_dir.name, prompt="one more", max_tokens=2)
         assert refused.value.response.headers["retry-after"] == "1"

@@ -99,10 +99,7 @@ async def test_past_max_inflight_new_requests_get_503_with_retry_after(tmp_path:
         await fe.wait_models({tiny_model_dir.name})
         async with httpx.AsyncClient(base_url=fe.url, timeout=DEADLINE_S) as client:
             long = [asyncio.create_task(stream_tokens(client, tiny_model_dir.name, 300)) for _ in range(2)]
-            deadline = time.monotonic() + DEADLINE_S
-            while worker.metric("dynamo_worker_inflight_requests") < 2:
-                assert time.monotonic() < deadline, "the two long requests never reached the worker"
-                await asyncio.sleep(0.05)
+            await worker.wait_inflight(2, DEADLINE_S)
             r = await client.post("/v1/completions", json={"model": tiny_model_dir.name, "prompt": "x", "max_tokens": 2})
             assert r.status_code == 503 and r.headers["retry-after"] == "1"
             error = r.json()["error"]

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -46,7 +47,9 @@ def etcd_available() -> bool:
 
 
 class EtcdServer:
-    def __init__(self, *, start_timeout: float = 15.0) -> None:
+    def __init__(self, *, start_timeout: float = 15.0, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`tls`: (server certificate, its key, CA) to serve clients over TLS, requiring client
+        certificates signed by the CA."""
         binary = etcd_binary()
         if binary is None:
             raise RuntimeError(WHY_NO_ETCD)
@@ -58,6 +61,7 @@ class EtcdServer:
         self.data_dir = self._tmp / "data"
         self.log_path = self._tmp / "etcd.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.tls = tls
 
     @property
     def endpoint(self) -> str:
@@ -65,7 +69,7 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     def start(self) -> EtcdServer:
         if self.proc is not None and self.proc.poll() is None:
@@ -82,12 +86,28 @@ class EtcdServer:
             "--initial-cluster", f"test={peer}",
             "--log-level", "warn",
         ]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            cmd += ["--cert-file", str(cert), "--key-file", str(key), "--trusted-ca-file", str(ca),
+                    "--client-cert-auth"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.wait_healthy()
         return self
 
     def wait_healthy(self) -> None:
+        if self.tls is not None:  # its /health wants a client certificate: wait for the port instead
+            deadline = time.monotonic() + self.start_timeout
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"etcd exited with code {self.proc.returncode}:\n{self.log_tail()}")
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", self.client_port)) == 0:
+                        return
+                time.sleep(0.05)
+            self.kill()
+            raise RuntimeError(f"etcd (TLS) not listening within {self.start_timeout} s:\n{self.log_tail()}")
         deadline = time.monotonic() + self.start_timeout
         last = "no answer yet"
         while time.monotonic() < deadline:

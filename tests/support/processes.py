@@ -160,6 +160,16 @@ class WorkerProcess:
                 total += float(value)
         return total
 
+    async def wait_inflight(self, at_least: int, timeout: float = 30, *,
+                            load: asyncio.Future[object] | None = None) -> None:
+        """Until the worker has `at_least` requests in flight; fails after `timeout` s, or when
+        `load` (the task that sends them) ends first."""
+        deadline = time.monotonic() + timeout
+        while self.metric("dynamo_worker_inflight_requests") < at_least:
+            assert time.monotonic() < deadline, f"{self.name}: fewer than {at_least} requests in flight after {timeout} s"
+            assert load is None or not load.done(), f"{self.name}: the load ended before {at_least} were in flight"
+            await asyncio.sleep(0.05)
+
     def signal(self, sig: signal.Signals) -> None:
         if self.proc.poll() is None:
             os.kill(self.pid, sig)
@@ -223,7 +233,7 @@ class FrontendProcess:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, OSError):  # refused, reset, or no answer within the timeout
             return 0, ""
 
     async def wait_live(self, timeout: float = 60) -> None:

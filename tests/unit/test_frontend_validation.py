@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,7 +97,7 @@ CHAT_CASES = [
     (_chat(max_tokens=-5), "max_tokens", ">= 1"),
     (_chat(max_tokens=1.5), "max_tokens", "integer"),
     (_chat(max_tokens=True), "max_tokens", "integer"),
-    (_chat(max_tokens=10**12), "max_tokens", "context"),
+    (_chat(max_tokens=10**9), "max_tokens", "context"),
     (_chat(max_completion_tokens=CONTEXT), "max_completion_tokens", "context"),
     (_chat(temperature=-1), "temperature", ">= 0"),
     (_chat(temperature="hot"), "temperature", "number"),
@@ -122,6 +125,14 @@ CHAT_CASES = [
     (_chat(min_tokens=-1), "min_tokens", ">= 0"),
     (_chat(min_tokens=10, max_tokens=5), "min_tokens", "exceed"),
     (_chat(top_k=-2), "top_k", ">= -1"),
+    # past the protocol's field widths: the client's error, naming the field (never a 500)
+    (_chat(top_k=2**31), "top_k", f"<= {2**31 - 1}"),
+    (_chat(top_k=3e9), "top_k", f"<= {2**31 - 1}"),
+    (_chat(stop_token_ids=[2**32]), "stop_token_ids", "0..4294967295"),
+    (_chat(stop_token_ids=[1] * 257), "stop_token_ids", "at most 256"),
+    (_chat(max_tokens=2**32), "max_tokens", "<= 4294967295"),
+    (_chat(max_completion_tokens=2**40), "max_completion_tokens", "<="),
+    (_chat(min_tokens=2**32), "min_tokens", "<="),
     (_chat(repetition_penalty=0), "repetition_penalty", "> 0"),
     (_chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools", "not supported"),
     (_chat(logit_bias={"5": 1}), "logit_bias", "not supported"),
@@ -145,6 +156,9 @@ COMPLETION_CASES = [
     (_cmpl(logprobs=True), "logprobs", "integer"),
     (_cmpl(echo=True), "echo", "not supported"),
     (_cmpl(best_of=3), "best_of", "must be 1"),
+    (_cmpl(top_k=2147483648, stream=True), "top_k", "<="),
+    (_cmpl(stop_token_ids=[2**32], stream=True), "stop_token_ids", "token ids"),
+    (_cmpl(prompt=[2**40]), "prompt", "outside the vocabulary"),
 ]
 
 
@@ -233,3 +247,71 @@ def test_errors_are_counted_in_metrics(client: httpx.Client) -> None:
     line = next(l for l in text.splitlines() if l.startswith("dynamo_frontend_requests_total{")
                 and 'status="400"' in l and 'endpoint="chat_completions"' in l)
     assert float(line.rsplit(" ", 1)[1]) >= 1
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", _chat(messages=[{"role": "user", "content": "a " * 30_000}])),
+    ("/v1/completions", _cmpl(prompt="a " * 30_000)),
+])
+def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(client: httpx.Client, path: str, body: Any) -> None:
+    """Refused by its length in characters (no token is longer than the vocabulary's longest), the
+    message says so: megabytes of text never reach the tokenizer and stall the event loop."""
+    _assert_error(client.post(path, json=body), 400, "messages" if "chat" in path else "prompt", "characters")
+    _still_serving(client)
+
+
+def test_a_prompt_under_the_character_bound_is_tokenized_and_checked_exactly(client: httpx.Client) -> None:
+    # 1,000 characters could fit 256 tokens by length alone; tokenized, it does not
+    _assert_error(client.post("/v1/completions", json=_cmpl(prompt="a " * 500)), 400, "prompt", "prompt has")
+
+
+def _requests_by_status(client: httpx.Client) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("dynamo_frontend_requests_total{"):
+            status = line.split('status="')[1].split('"')[0]
+            counts[status] = counts.get(status, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+@pytest.mark.parametrize("raw", [
+    # announces 1,000 bytes of body, sends 10, hangs up
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    b'{"model": ',
+    # a chunked body cut off mid-chunk
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n40\r\n{\"model\": \"tiny\"",
+], ids=["mid-body", "mid-chunk"])
+def test_a_client_gone_mid_body_is_not_a_server_error(client: httpx.Client, server: ThreadedServer, raw: bytes,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Counted apart (499), logged at info: anyone could otherwise inflate the 5xx metric and flood
+    the logs with tracebacks."""
+    before = _requests_by_status(client)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(raw)
+    deadline = time.monotonic() + 10
+    while _requests_by_status(client).get("499", 0) == before.get("499", 0):
+        assert time.monotonic() < deadline, f"no 499 counted: {_requests_by_status(client)}"
+        time.sleep(0.05)
+    after = _requests_by_status(client)
+    assert after.get("500", 0) == before.get("500", 0)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("dynamo")]
+    _still_serving(client)
+
+
+def test_models_are_listed_once_they_can_be_served(model_dir: Path) -> None:
+    """A model is listed only with its tokenizer loaded (the first request does not wait for it);
+    one whose tokenizer cannot load is left out, and /health says why."""
+    good = ModelCard("tiny", str(model_dir), str(model_dir), context_length=CONTEXT, kv_block_size=32,
+                     total_kv_blocks=64, vocab_size=1024)
+    broken = ModelCard("broken", "/no/such/model", "/no/such/model", context_length=CONTEXT, kv_block_size=32,
+                       total_kv_blocks=64, vocab_size=1024)
+    app = create_app(ScriptedBackend([good, broken], Script(token_ids=[40, 41])))
+    with serve_in_thread(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        deadline = time.monotonic() + 30
+        while not (listed := [m["id"] for m in c.get("/v1/models").json()["data"]]):
+            assert time.monotonic() < deadline, "the model was never listed"
+        assert listed == ["tiny"]
+        assert app.state.frontend.tokenizers.is_loaded(good)
+        health = c.get("/health").json()
+        assert health["ready"] == ["tiny"] and set(health["models"]) == {"tiny", "broken"}

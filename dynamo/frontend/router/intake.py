@@ -22,7 +22,7 @@ from dynamo.llm.model_pool import card_of
 from dynamo.llm.proto import worker_pb2 as pb
 from dynamo.llm.proto import worker_pb2_grpc as pb_grpc
 from dynamo.runtime.discovery.records import InstanceRecord, InstanceWatcher
-from dynamo.runtime.rpc.client import CHANNEL_OPTIONS, channel_target
+from dynamo.runtime.rpc.client import open_channel
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class _Follower:
     def __init__(self, record: InstanceRecord, router: KvRouter, kv_events: bool) -> None:
         self.record = record
         self._router = router
-        self._channel = grpc.aio.insecure_channel(channel_target(record), options=CHANNEL_OPTIONS)
+        self._channel = open_channel(record)
         stub = pb_grpc.WorkerStub(self._channel)
         self._stub = stub
         self._tasks = [asyncio.create_task(self._keep(self._events, "KV events"), name=f"kv events {record.instance_id}")

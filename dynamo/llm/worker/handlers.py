@@ -88,20 +88,32 @@ class DecodeHandler(RequestHandler):
             log.warning("[%s] prefilling locally: no prefill worker serves this model", rid)
         else:
             produced = False
-            try:
-                record = self.prefill.select()
-                async for out in disaggregated(self.prefill, record, request, self.prefill_timeout,
-                                               self.engine.generate):
-                    if not produced:
-                        produced = True
-                        self.metrics.prefill("remote")
-                    yield out
-                return
-            except (PrefillError, NoWorkersError, NoInstancesError) as e:
-                if produced or not self.fallback_local or needs_handoff:
-                    raise e if not isinstance(e, NoInstancesError) else NoWorkersError(str(e)) from e
-                log.warning("[%s] remote prefill failed (%s); prefilling locally (--prefill-fallback-local)",
-                            rid, e)
+            unreachable: set[str] = set()
+            while True:
+                try:
+                    record = self.prefill.select(exclude=unreachable)
+                except NoInstancesError as e:
+                    if not unreachable or needs_handoff:
+                        raise NoWorkersError(str(e)) from e
+                    log.warning("[%s] prefilling locally: no prefill worker is reachable", rid)
+                    break
+                try:
+                    async for out in disaggregated(self.prefill, record, request, self.prefill_timeout,
+                                                   self.engine.generate):
+                        if not produced:
+                            produced = True
+                            self.metrics.prefill("remote")
+                        yield out
+                    return
+                except (PrefillError, NoWorkersError) as e:
+                    if isinstance(e, PrefillError) and e.unreached and not produced:
+                        unreachable.add(record.instance_id)  # a dead prefill worker whose record lingers
+                        continue
+                    if produced or not self.fallback_local or needs_handoff:
+                        raise
+                    log.warning("[%s] remote prefill failed (%s); prefilling locally (--prefill-fallback-local)",
+                                rid, e)
+                    break
         self.metrics.prefill("local")
         async for out in self.engine.generate(request):
             yield out

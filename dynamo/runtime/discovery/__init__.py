@@ -55,7 +55,7 @@ def open_discovery(config: DiscoveryConfig | None = None) -> Discovery:
                 f"the etcd discovery backend needs the etcd3aio package ({exc}); "
                 "install dynamo-worker-runtime[etcd] or use --discovery-backend file"
             ) from exc
-        return EtcdDiscovery(config.etcd_endpoints, ttl=config.ttl)
+        return EtcdDiscovery(config.etcd_endpoints, ttl=config.ttl, tls=config.etcd_tls)
     raise ValueError(f"unknown discovery backend {config.backend!r}: choose one of "
                      f"{', '.join(DISCOVERY_BACKENDS)}")
 

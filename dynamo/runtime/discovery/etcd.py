@@ -19,6 +19,7 @@ import math
 import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -26,6 +27,8 @@ from etcd3aio import EtcdError, prefix_range_end
 from etcd3aio._protobuf import WatchCreateRequest, WatchRequest, WatchStub
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
+
+from dynamo.runtime.config import TlsConfig
 
 from .base import Discovery, DiscoveryError, WatchEvent, WatchEventType
 
@@ -43,13 +46,10 @@ class _StreamEnded(Exception):
 
 
 def parse_endpoints(endpoints: Sequence[str]) -> list[tuple[str, int]]:
-    """'host:port' or 'http://host:port' -> (host, port). TLS endpoints are not supported yet."""
+    """'host:port', 'http://host:port' or 'https://host:port' -> (host, port)."""
     out = []
     for raw in endpoints:
-        text = raw.strip()
-        if text.startswith("https://"):
-            raise ValueError(f"etcd endpoint {raw!r}: TLS is not supported yet; use an http:// endpoint")
-        text = text.removeprefix("http://").rstrip("/")
+        text = raw.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
         host, sep, port = text.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"invalid etcd endpoint {raw!r}: expected host:port or http://host:port")
@@ -103,11 +103,16 @@ class EtcdDiscovery(Discovery):
         *,
         connect_timeout: float = 5.0,
         op_timeout: float = 5.0,
+        tls: TlsConfig | None = None,
     ) -> None:
+        """TLS when `tls` names a CA or a client certificate, or an endpoint is https://."""
         if ttl <= 0:
             raise ValueError(f"discovery ttl must be > 0, got {ttl}")
         self.endpoints = [f"{h}:{p}" for h, p in parse_endpoints(endpoints)]
         self._target = _grpc_target(parse_endpoints(endpoints))
+        wants_tls = tls is not None and bool(tls.ca or tls.cert) or any(e.strip().startswith("https://")
+                                                                         for e in endpoints)
+        self.tls: TlsConfig | None = (tls or TlsConfig()) if wants_tls else None
         self.ttl = float(ttl)
         self._lease_ttl = max(2, math.ceil(ttl))  # etcd leases are whole seconds, 2 s at least
         self.connect_timeout = connect_timeout
@@ -136,7 +141,13 @@ class EtcdDiscovery(Discovery):
             return
         if self._closed:
             raise DiscoveryError("this discovery handle is closed")
-        self._channel = grpc.aio.insecure_channel(self._target, options=_CHANNEL_OPTIONS)
+        if self.tls is not None:
+            def read(path: str | None) -> bytes | None:
+                return Path(path).read_bytes() if path else None
+            credentials = grpc.ssl_channel_credentials(read(self.tls.ca), read(self.tls.key), read(self.tls.cert))
+            self._channel = grpc.aio.secure_channel(self._target, credentials, options=_CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.insecure_channel(self._target, options=_CHANNEL_OPTIONS)
         # One attempt per call: our loops do the retrying, with their own deadlines.
         self._kv = KVService(self._channel, max_attempts=1)
         self._lease = LeaseService(self._channel, max_attempts=1)

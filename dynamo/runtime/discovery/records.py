@@ -32,6 +32,7 @@ class InstanceRecord:
     # where that path means it (rpc/local_socket.py); empty when the server has none
     local_socket: str = ""
     host_id: str = ""
+    tls: bool = False  # the instance serves gRPC over TLS only (dynamo.runtime.rpc.tls)
 
     @property
     def address(self) -> EndpointAddress:
@@ -53,6 +54,7 @@ class InstanceRecord:
             "instance_id": self.instance_id, "host": self.host, "port": self.port, "pid": self.pid,
             "metadata": self.metadata,
             **({"local_socket": self.local_socket, "host_id": self.host_id} if self.local_socket else {}),
+            **({"tls": True} if self.tls else {}),
         }).encode()
 
     @classmethod
@@ -71,6 +73,7 @@ class InstanceRecord:
                 host=str(d["host"]), port=int(d["port"]), pid=int(d.get("pid", 0)),
                 metadata=dict(d.get("metadata") or {}),
                 local_socket=str(d.get("local_socket") or ""), host_id=str(d.get("host_id") or ""),
+                tls=d.get("tls") is True,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"missing or malformed field: {e}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -13,9 +14,13 @@ import grpc
 from dynamo.runtime.discovery.base import Discovery
 from dynamo.runtime.discovery.records import InstanceRecord, InstanceWatcher
 from dynamo.runtime.identity import EndpointAddress
-from dynamo.runtime.rpc import local_socket
+from dynamo.runtime.rpc import local_socket, tls
 
 log = logging.getLogger(__name__)
+
+# How long an instance that refused a connection stays out of rotation: past the discovery TTL, so
+# a dead one is gone from discovery before it could be tried again; a live one (a blip) comes back.
+UNREACHABLE_HOLD_S = 30.0
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 10_000),
@@ -38,6 +43,13 @@ def channel_target(record: InstanceRecord) -> str:
     if local_socket.reachable(record.local_socket, record.host_id):
         return f"unix:{record.local_socket}"
     return record.target
+
+
+def open_channel(record: InstanceRecord) -> grpc.aio.Channel:
+    """A channel to an instance, over TLS when its record says it serves TLS only."""
+    if record.tls:
+        return tls.secure_channel(record.target, CHANNEL_OPTIONS)
+    return grpc.aio.insecure_channel(channel_target(record), options=CHANNEL_OPTIONS)
 
 
 class NoInstancesError(RuntimeError):
@@ -78,6 +90,7 @@ class EndpointClient:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[tuple[object, ...], grpc.aio.UnaryStreamMultiCallable] = {}
         self._inflight: dict[str, int] = {}
+        self._held: dict[str, float] = {}  # instance id -> when it may be tried again (monotonic)
         self._rr = itertools.count()
 
     async def start(self) -> EndpointClient:
@@ -90,10 +103,24 @@ class EndpointClient:
         return self._watcher
 
     def instances(self) -> list[InstanceRecord]:
+        """The live instances: registered, and not held out after refusing a connection."""
         recs = list(self._watcher.instances.values())
         if self._predicate is not None:
             recs = [r for r in recs if self._predicate(r)]
+        if self._held:
+            now = time.monotonic()
+            for instance_id in [i for i, until in self._held.items() if until <= now]:
+                del self._held[instance_id]
+            recs = [r for r in recs if r.instance_id not in self._held]
         return sorted(recs, key=lambda r: r.instance_id)
+
+    def hold_out(self, instance_id: str, seconds: float = UNREACHABLE_HOLD_S) -> None:
+        """Take an instance that did not answer out of rotation now, not when its discovery record
+        expires (a SIGKILLed worker's stays for its TTL)."""
+        if instance_id not in self._held:
+            log.warning("instance %s of %s is unreachable: out of rotation for %.0f s (or until it leaves "
+                        "discovery)", instance_id, self.address, seconds)
+        self._held[instance_id] = time.monotonic() + seconds
 
     def inflight(self, instance_id: str) -> int:
         return self._inflight.get(instance_id, 0)
@@ -128,7 +155,7 @@ class EndpointClient:
     def channel(self, record: InstanceRecord) -> grpc.aio.Channel:
         ch = self._channels.get(record.instance_id)
         if ch is None:
-            ch = grpc.aio.insecure_channel(channel_target(record), options=CHANNEL_OPTIONS)
+            ch = open_channel(record)
             self._channels[record.instance_id] = ch
         return ch
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import socket
 from collections.abc import Callable
@@ -13,8 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dynamo.runtime.config import env_value
-from dynamo.runtime.rpc import local_socket
+from dynamo.runtime.config import TlsConfig, env_value
+from dynamo.runtime.rpc import local_socket, tls
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,17 @@ class RpcServer:
     finish for up to `grace` seconds.
     """
 
-    def __init__(self, host: str = "0.0.0.0", port: int = 0, local_socket_path: Path | None = None) -> None:
-        """`local_socket_path`: also listen on this Unix socket (rpc/local_socket.py)."""
+    def __init__(self, host: str = "0.0.0.0", port: int = 0, local_socket_path: Path | None = None,
+                 tls: TlsConfig | None = None) -> None:
+        """`local_socket_path`: also listen on this Unix socket (rpc/local_socket.py), unless `tls`
+        says to serve TLS only (dynamo.runtime.rpc.tls)."""
         self._bind_host = host
         self._requested_port = port
-        self._local_socket_path = local_socket_path
+        self.tls = tls if tls is not None and tls.serves_tls else None
+        self._local_socket_path = local_socket_path if self.tls is None else None
         self.local_socket: Path | None = None  # once listening there
         self.draining = False
-        self._server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[_DrainGate(self)])
+        self._server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[_MalformedGate(), _DrainGate(self)])
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._service_names: list[str] = []
@@ -85,7 +89,9 @@ class RpcServer:
                  reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, self._server)
         host = f"[{self._bind_host}]" if ":" in self._bind_host else self._bind_host
-        port = self._server.add_insecure_port(f"{host}:{self._requested_port}")
+        address = f"{host}:{self._requested_port}"
+        port = (self._server.add_secure_port(address, tls.server_credentials(self.tls)) if self.tls is not None
+                else self._server.add_insecure_port(address))
         if port == 0:
             raise OSError(f"cannot bind gRPC server to {host}:{self._requested_port}")
         self._listen_locally()
@@ -173,6 +179,81 @@ class _DrainGate(grpc.aio.ServerInterceptor):
                 refuse, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         return handler
+
+
+class _Malformed:
+    """A request message that did not decode (the client's bytes, not our bug)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as e:  # protobuf's DecodeError, or anything a custom deserializer raises
+            return _Malformed(e)
+    return parse
+
+
+class _MalformedGate(grpc.aio.ServerInterceptor):
+    """A request message that does not decode ends its call with INVALID_ARGUMENT and one warning
+    line, not grpc's UNKNOWN and a traceback: garbage from a client is the client's error, and the
+    server goes on serving everyone else."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+        kind = ("stream" if handler.request_streaming else "unary") + "_" + (
+            "stream" if handler.response_streaming else "unary")
+        behavior = getattr(handler, kind)
+
+        async def refuse(context: grpc.aio.ServicerContext, bad: _Malformed) -> None:
+            log.warning("%s: a request message that does not decode (%s); refused", method, bad.error)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request message does not decode as the method's type: {bad.error}")
+
+        if not handler.request_streaming:
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Malformed):
+                    await refuse(context, request)
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    await _drain_into(result, context)
+                    return None
+                return await result
+            wrapped: Callable[..., Any] = unary
+        else:
+            async def streaming(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                async def checked() -> Any:
+                    async for request in requests:
+                        if isinstance(request, _Malformed):
+                            await refuse(context, request)
+                        yield request
+                result = behavior(checked(), context)
+                if inspect.isasyncgen(result):
+                    await _drain_into(result, context)
+                    return None
+                return await result
+            wrapped = streaming
+        make = {"unary_unary": grpc.unary_unary_rpc_method_handler,
+                "unary_stream": grpc.unary_stream_rpc_method_handler,
+                "stream_unary": grpc.stream_unary_rpc_method_handler,
+                "stream_stream": grpc.stream_stream_rpc_method_handler}[kind]
+        return make(wrapped, request_deserializer=_tolerant(handler.request_deserializer),
+                    response_serializer=handler.response_serializer)
+
+
+async def _drain_into(responses: Any, context: grpc.aio.ServicerContext) -> None:
+    """An async-generator handler's responses, written through the context (the wrapper is a coroutine)."""
+    async for response in responses:
+        await context.write(response)
 
 
 class _CallTracker:
