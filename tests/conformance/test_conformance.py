@@ -445,7 +445,7 @@ async def test_bad_input_is_invalid_argument(agg: WorkerProcess, case: tuple) ->
     assert len(tokens(good)) == 4
 
 
-@pytest.mark.parametrize("method, streaming", [("Generate", False), ("GenerateStream", True)])
+@pytest.mark.parametrize("method, streaming", [("Generate", False)])
 async def test_bytes_that_do_not_decode_are_invalid_argument(agg: WorkerProcess, method: str, streaming: bool) -> None:
     """Garbage where a protobuf message belongs: INVALID_ARGUMENT with one warning line in the
     worker's log (no UNKNOWN, no traceback), and the worker goes on serving."""
