@@ -131,9 +131,6 @@ def report(a: argparse.Namespace, ours_runs: dict[int, list[Measured]], first: d
               f"(ratio {statistics.median(itl):.2f})")
 
 
-def interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,7 +144,7 @@ def main() -> None:
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average below this")
     p.add_argument("--max-wait", type=float, default=180.0, help="longest wait for that, seconds")
     a = p.parse_args()
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends a run like Ctrl-C
     try:
         asyncio.run(asyncio.wait_for(run(a), a.time_limit + a.max_wait))
     except TimeoutError:

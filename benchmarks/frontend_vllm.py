@@ -191,10 +191,6 @@ def report(a: argparse.Namespace, ours_runs: dict[int, list[Measured]], theirs_r
               f"TTFT p50 {o.ttft_p50 * 1e3:.1f} vs {t.ttft_p50 * 1e3:.1f} ms")
 
 
-def interrupt(signum: int, frame: object) -> None:
-    """SIGTERM ends a run like Ctrl-C: the finally blocks and _common's atexit kill what it started."""
-    raise KeyboardInterrupt
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -211,7 +207,7 @@ def main() -> None:
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average below this")
     p.add_argument("--max-wait", type=float, default=180.0, help="longest wait for that, seconds")
     a = p.parse_args()
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends a run like Ctrl-C
     if a.engine_flags:
         os.environ[EXTRA_FLAGS_ENV] = a.engine_flags
     try:  # waiting for a quiet machine (up to --max-wait) does not count against --time-limit

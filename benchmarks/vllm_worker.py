@@ -532,10 +532,6 @@ def report(a: argparse.Namespace, model: Path, phases: list[Phase], setups: list
         print("KV per request (measured): vLLM logged no 'KV Transfer metrics' line on the decode worker")
 
 
-def interrupt(signum: int, frame: object) -> None:
-    """SIGTERM ends a run like Ctrl-C: the finally blocks and _common's atexit kill what it started."""
-    raise KeyboardInterrupt
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -571,7 +567,7 @@ def main() -> None:
     p.add_argument("--answer-file", help=argparse.SUPPRESS)
     p.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)  # diagnosis: the worker's event loop
     a = p.parse_args()
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends a run like Ctrl-C
     if a.engine_flags:
         os.environ[EXTRA_FLAGS_ENV] = a.engine_flags
     if a.inprocess:
