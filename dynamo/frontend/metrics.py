@@ -12,6 +12,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from dynamo.frontend.multiprocess import METRICS_DIR_ENV
+from dynamo.runtime.discovery import malformed
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
                     30.0, 60.0, 120.0)
@@ -116,6 +117,7 @@ class FrontendMetrics:
         r.register(self.router_state)
         self.idle_prefill = IdlePrefillCollector()
         r.register(self.idle_prefill)
+        r.register(malformed.COLLECTOR)  # discovery records this process skipped
 
     def render(self) -> bytes:
         if os.environ.get(METRICS_DIR_ENV):  # one of --num-workers processes: every process's figures
@@ -125,5 +127,6 @@ class FrontendMetrics:
             multiprocess.MultiProcessCollector(registry)
             registry.register(self.router_state)  # the answering process's own index
             registry.register(self.idle_prefill)
+            registry.register(malformed.COLLECTOR)
             return generate_latest(registry)
         return generate_latest(self.registry)

@@ -28,7 +28,8 @@ async def prompt_token_ids(req: ParsedRequest, tokenizer: ModelTokenizer, contex
     if req.kind == "chat":
         assert req.messages is not None
         refuse_if_cannot_fit(sum(len(m["content"]) for m in req.messages), tokenizer, context, "messages")
-        ids = await tokenizer.prompt_ids_for_chat(req.messages)
+        tools = req.tools.tools if req.tools is not None else None
+        ids = await tokenizer.prompt_ids_for_chat(req.messages, tools, req.chat_template_kwargs)
         param = "messages"
     elif req.prompt_ids is not None:
         ids = req.prompt_ids
@@ -62,6 +63,10 @@ def build_generate_request(req: ParsedRequest, card: ModelCard, prompt_ids: list
         name = req.max_tokens_param
         raise invalid(f"{name} is {max_tokens} but the prompt has {n} tokens and this model's "
                       f"context is {context}: at most {room} tokens can be generated", name)
+    bias = req.sampling.logit_bias
+    if bias and card.vocab_size and max(bias) >= card.vocab_size:
+        raise invalid(f"'logit_bias' token id {max(bias)} is outside the vocabulary (valid ids are "
+                      f"0..{card.vocab_size - 1})", "logit_bias")
     if req.min_tokens is not None and req.min_tokens > max_tokens:
         raise invalid(f"'min_tokens' ({req.min_tokens}) exceeds the {max_tokens} tokens that can be "
                       f"generated", "min_tokens")
@@ -73,4 +78,5 @@ def build_generate_request(req: ParsedRequest, card: ModelCard, prompt_ids: list
         stop=StopConditions(max_tokens=max_tokens, min_tokens=req.min_tokens,
                             stop_token_ids=req.stop_token_ids, ignore_eos=req.ignore_eos),
         output=OutputOptions(logprobs=req.logprobs, skip_special_tokens=req.skip_special_tokens),
+        structured_output=req.structured_output,
     )

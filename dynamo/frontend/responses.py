@@ -70,57 +70,65 @@ class LogprobFormatter:
 
 
 class ChunkWriter:
-    """Per streaming request: bytes for each SSE event."""
+    """Per streaming choice: bytes for each SSE event of that choice."""
 
     def __init__(self, *, chat: bool, request_id: str, model: str, created: int,
-                 include_usage: bool, logprobs: LogprobFormatter | None) -> None:
+                 include_usage: bool, logprobs: LogprobFormatter | None, index: int = 0) -> None:
         self.chat = chat
         self._logprobs = logprobs
         head = (b'data: {"id":' + orjson.dumps(request_id) + b',"object":'
                 + (b'"chat.completion.chunk"' if chat else b'"text_completion"')
                 + b',"created":' + str(created).encode() + b',"model":' + orjson.dumps(model)
-                + b',"choices":[{"index":0,')
+                + b',"choices":[{"index":' + str(index).encode() + b',')
         self._head = head
         self._text_open = head + (b'"delta":{"content":' if chat else b'"text":')
         self._text_close = b'},"logprobs":' if chat else b',"logprobs":'
         self._tail_usage = b',"usage":null}\n\n' if include_usage else b'}\n\n'
         self._usage_head = head[:head.index(b'"choices":[')] + b'"choices":[],"usage":'
 
-    def role(self) -> bytes:
+    def _tail(self, usage: bytes | None) -> bytes:
+        return self._tail_usage if usage is None else b',"usage":' + usage + b'}\n\n'
+
+    def role(self, usage: bytes | None = None) -> bytes:
         """Chat's first event: the assistant role with empty content."""
         return (self._head + b'"delta":{"role":"assistant","content":""},"logprobs":null,'
-                b'"finish_reason":null}]' + self._tail_usage)
+                b'"finish_reason":null}]' + self._tail(usage))
 
-    def delta(self, delta: Delta) -> bytes:
-        logprobs = (b"null" if self._logprobs is None or delta.logprobs is None
-                    else orjson.dumps(self._logprobs.format(delta.logprobs)))
-        if delta.finish_reason is None:
-            finish = b',"finish_reason":null}]'
-        else:
-            finish = b',"finish_reason":"' + delta.finish_reason.encode() + b'"}]'
+    def _logprob_bytes(self, logprobs: list[TokenLogprob] | None) -> bytes:
+        return (b"null" if self._logprobs is None or logprobs is None
+                else orjson.dumps(self._logprobs.format(logprobs)))
+
+    @staticmethod
+    def _finish(reason: str | None) -> bytes:
+        return b',"finish_reason":null}]' if reason is None else b',"finish_reason":"' + reason.encode() + b'"}]'
+
+    def delta(self, delta: Delta, usage: bytes | None = None) -> bytes:
+        logprobs = self._logprob_bytes(delta.logprobs)
+        finish = self._finish(delta.finish_reason)
         if self.chat and not delta.text:
-            return self._head + b'"delta":{},"logprobs":' + logprobs + finish + self._tail_usage
+            return self._head + b'"delta":{},"logprobs":' + logprobs + finish + self._tail(usage)
         return (self._text_open + orjson.dumps(delta.text) + self._text_close + logprobs + finish
-                + self._tail_usage)
+                + self._tail(usage))
+
+    def message_delta(self, fields: dict[str, Any], logprobs: list[TokenLogprob] | None,
+                      finish_reason: str | None, usage: bytes | None = None) -> bytes:
+        """A chat delta with more than text in it (reasoning, tool calls)."""
+        return (self._head + b'"delta":' + orjson.dumps(fields) + b',"logprobs":'
+                + self._logprob_bytes(logprobs) + self._finish(finish_reason) + self._tail(usage))
 
     def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> bytes:
-        return (self._usage_head + orjson.dumps(usage_dict(prompt_tokens, completion_tokens,
-                                                           cached_tokens)) + b"}\n\n")
+        return self._usage_head + usage_bytes(prompt_tokens, completion_tokens, cached_tokens) + b"}\n\n"
+
+
+def usage_bytes(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> bytes:
+    return orjson.dumps(usage_dict(prompt_tokens, completion_tokens, cached_tokens))
 
 
 def error_event(body: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-def full_response(*, chat: bool, request_id: str, model: str, created: int, text: str,
-                  finish_reason: str, logprobs: dict[str, Any] | None,
-                  usage: dict[str, Any]) -> bytes:
-    if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                  "logprobs": logprobs, "finish_reason": finish_reason}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-        obj = "text_completion"
-    return orjson.dumps({"id": request_id, "object": obj, "created": created, "model": model,
-                         "choices": [choice], "usage": usage})
+def full_response(*, chat: bool, request_id: str, model: str, created: int,
+                  choices: list[dict[str, Any]], usage: dict[str, Any]) -> bytes:
+    return orjson.dumps({"id": request_id, "object": "chat.completion" if chat else "text_completion",
+                         "created": created, "model": model, "choices": choices, "usage": usage})

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 # Long prompts are tokenized off the event loop so that other streams keep flowing.
 _INLINE_TOKENIZE_CHARS = 16_384
+_RESERVED_TEMPLATE_ARGS = frozenset({"conversation", "messages", "tools", "chat_template", "tokenize",
+                                     "add_generation_prompt", "return_dict", "documents"})
 
 
 @dataclass
@@ -39,12 +41,19 @@ class ModelTokenizer:
         self.vocab_size = len(self.hf)
         self.max_token_chars = max((len(t) for t in self.fast.get_vocab(with_added_tokens=True)), default=1)
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    template_kwargs: dict[str, Any] | None = None) -> str:
         if self.chat_template is None and getattr(self.hf, "chat_template", None) is None:
             raise ApiError(400, "this model has no chat template (neither in its model card nor in "
                            "its tokenizer); use /v1/completions instead", param="messages")
-        return self.hf.apply_chat_template(messages, chat_template=self.chat_template,
-                                           add_generation_prompt=True, tokenize=False)
+        # The client's template variables (e.g. enable_thinking) must not replace what we pass.
+        extra = {k: v for k, v in (template_kwargs or {}).items() if k not in _RESERVED_TEMPLATE_ARGS}
+        try:
+            return self.hf.apply_chat_template(messages, tools=tools or None, chat_template=self.chat_template,
+                                               add_generation_prompt=True, tokenize=False, **extra)
+        except Exception as exc:  # the template raised (jinja's raise_exception, a bad variable)
+            raise ApiError(400, f"the model's chat template cannot render these messages: {exc}",
+                           param="messages") from None
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
         return self.fast.encode(text, add_special_tokens=add_special_tokens).ids
@@ -60,10 +69,11 @@ class ModelTokenizer:
             self._token_text[token_id] = text
         return text
 
-    async def prompt_ids_for_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+    async def prompt_ids_for_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                                  template_kwargs: dict[str, Any] | None = None) -> list[int]:
         def work() -> list[int]:
             # The template already writes BOS where the model wants it.
-            return self.encode(self.render_chat(messages), add_special_tokens=False)
+            return self.encode(self.render_chat(messages, tools, template_kwargs), add_special_tokens=False)
         if sum(len(m["content"]) for m in messages) > _INLINE_TOKENIZE_CHARS:
             return await asyncio.to_thread(work)
         return work()

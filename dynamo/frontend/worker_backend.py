@@ -34,6 +34,58 @@ log = logging.getLogger(__name__)
 
 PREFILL_ROLES = (Role.PREFILL,)
 IDLE_PREFILL_CHECK_S = 2.0
+# How long a worker that stalled a request (--request-progress-timeout) stays out of rotation at
+# most; its health probe brings it back sooner once it answers (rpc/client.py).
+STALLED_HOLD_S = 30.0
+
+
+class WorkerTimedOut(WorkerFailed):
+    """The worker sent nothing for --request-progress-timeout seconds and the request could not move."""
+
+    http_status = 504
+    error_type = "timeout"
+
+
+class _Stall:
+    """The request's one progress timer: fires when the worker sent nothing for `timeout` s while
+    the request waited for it (time the consumer spends elsewhere, e.g. writing to a slow client,
+    does not count). Firing cancels the waiting task, as asyncio.timeout does; `expired()` then
+    tells that cancellation from any other. Per output the request only flips `waiting` and reads
+    the clock: no timer is re-armed per token."""
+
+    __slots__ = ("_loop", "_task", "_cancelling", "timeout", "since", "waiting", "_fired", "_handle")
+
+    def __init__(self, timeout: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._loop = asyncio.get_running_loop()
+        self._task = task
+        self._cancelling = task.cancelling()
+        self.timeout = timeout
+        self.since = self._loop.time()  # when the request started waiting for its next output
+        self.waiting = True
+        self._fired = False
+        self._handle = self._loop.call_at(self.since + timeout, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self.waiting and now >= self.since + self.timeout:
+            self._fired = True
+            self._task.cancel()
+            return
+        self._handle = self._loop.call_at((self.since if self.waiting else now) + self.timeout, self._check)
+
+    def resume(self) -> None:
+        """The request waits for its next output again."""
+        self.since = self._loop.time()
+        self.waiting = True
+
+    def expired(self) -> bool:
+        """Whether a CancelledError caught now is this timer's (and only this timer's): call once."""
+        return self._fired and self._task.uncancel() <= self._cancelling
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 class IdlePrefill(NamedTuple):
@@ -52,7 +104,9 @@ class WorkerServingBackend:
                  kv_router: KvRouterSettings | None = None, router_observer: RouterObserver | None = None,
                  request_transport: str = DEFAULT_TRANSPORT, migration_limit: int = 0,
                  prefill_timeout: float = 30.0, max_inflight_per_worker: int = 0,
-                 owns_discovery: bool = True) -> None:
+                 progress_timeout: float = 0.0, owns_discovery: bool = True) -> None:
+        """`progress_timeout` (> 0): a worker that sends nothing for a request for this long is held
+        out of rotation and the request migrated (within `migration_limit`) or failed with 504."""
         self._discovery = discovery
         self._owns_discovery = owns_discovery
         self.pool = ModelPool(discovery, namespace, request_transport)
@@ -67,8 +121,11 @@ class WorkerServingBackend:
         self.migration_limit = migration_limit
         self.max_inflight_per_worker = max_inflight_per_worker
         self.prefill_timeout = prefill_timeout
+        self.progress_timeout = progress_timeout
+        self.stalls = 0  # requests whose worker went silent for progress_timeout
         self.migrations = 0  # requests moved to another worker (tests and metrics read it)
         self.rerouted = 0  # requests sent elsewhere because their first worker was unreachable
+        self.prefill_fallbacks = 0  # requests a decode worker took whole after their remote prefill failed
         self._idle_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> WorkerServingBackend:
@@ -156,14 +213,19 @@ class WorkerServingBackend:
                                    f"is left to continue it ({e})") from e
             record = decision.record
             usage: Usage | None = None
+            split = False
+            stall = _Stall(self.progress_timeout) if self.progress_timeout > 0 else None
             try:
                 card = card_of(record)
-                if remote and card is not None and card.continues_prefill:
+                split = remote and card is not None and card.continues_prefill
+                if split:
                     outputs = self._disaggregated(prefill, decode, record, request)
                 else:
                     outputs = decode.generate(record, request)
                 first = True
                 async for out in outputs:
+                    if stall is not None:
+                        stall.waiting = False
                     if first and out.token_ids:
                         first = False
                         decision.first_token()
@@ -173,19 +235,32 @@ class WorkerServingBackend:
                         if attempt > 0:
                             out.usage = _usage_across_attempts(original, generated, out.usage)
                     yield out
+                    if stall is not None:
+                        stall.resume()
                 return
-            except WorkerError as e:
-                if e.unreached and not generated:
+            except (WorkerError, asyncio.CancelledError) as exc:
+                if stall is not None:
+                    stall.stop()  # this attempt is over (a yield below must not be timed)
+                if isinstance(exc, asyncio.CancelledError):
+                    if stall is None or not stall.expired():
+                        raise
+                    err = self._stalled(decode, record, original, split, len(generated))
+                    if attempt >= self.migration_limit:
+                        raise WorkerTimedOut(f"{err}; --migration-limit {self.migration_limit} allows no "
+                                             "further attempt") from None
+                else:
+                    err = exc
+                if err.unreached and not generated:
                     # It never had the request (connection refused: a dead worker whose record
                     # lingers): another instance takes it, whatever the migration limit.
                     failed.add(record.instance_id)
                     self.rerouted += 1
                     log.warning("[%s] worker %s unreachable (%s); sending the request to another worker",
-                                original.request_id, record.instance_id, e)
+                                original.request_id, record.instance_id, err)
                     continue
-                if not e.retryable or attempt >= self.migration_limit:
+                if not err.retryable or attempt >= self.migration_limit:
                     raise WorkerFailed(f"request {request.request_id} failed on worker {record.instance_id}: "
-                                       f"{e}") from e
+                                       f"{err}") from err
                 if original.stop.max_tokens is not None and len(generated) >= original.stop.max_tokens:
                     # Every token owed arrived; only the final message was lost.
                     yield GenerateOutput(finish_reason=FinishReason.LENGTH,
@@ -196,10 +271,27 @@ class WorkerServingBackend:
                 failed.add(record.instance_id)
                 request = _continuation(original, generated)
                 log.warning("[%s] worker %s failed after %d tokens (%s); migrating (attempt %d of %d)",
-                            original.request_id, record.instance_id, len(generated), e, attempt,
+                            original.request_id, record.instance_id, len(generated), err, attempt,
                             self.migration_limit)
             finally:
+                if stall is not None:
+                    stall.stop()
                 decision.finished(usage)
+
+    def _stalled(self, decode: WorkerGroup, record: InstanceRecord, original: GenerateRequest, split: bool,
+                 produced: int) -> WorkerError:
+        """A request whose worker went silent: that worker out of rotation, and the error to act on.
+        A split request silent before its first token may wait on its prefill worker instead (which
+        has --prefill-timeout of its own): no worker is held out for it."""
+        self.stalls += 1
+        if produced or not split:
+            decode.endpoint.hold_out(record.instance_id, STALLED_HOLD_S,
+                                     why=f"sent nothing for {self.progress_timeout:g} s (--request-progress-timeout)")
+        what = "its first token" if not produced else f"any output after {produced} token(s)"
+        where = "prefill+decode on" if split else "on"
+        return WorkerError(f"request {original.request_id} {where} worker {record.instance_id}: no progress "
+                           f"({what}) within {self.progress_timeout:g} s", instance_id=record.instance_id,
+                           retryable=True)
 
     async def _disaggregated(self, prefill: WorkerGroup, decode: WorkerGroup, record: InstanceRecord,
                              request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
@@ -221,6 +313,7 @@ class WorkerServingBackend:
                 return
             usage: list[Usage] = []
             produced = False
+            failed_prefill: PrefillError | None = None
             try:
                 async for out in disaggregated(prefill, decision.record, request, self.prefill_timeout,
                                                lambda r: decode.generate(record, r),
@@ -233,11 +326,25 @@ class WorkerServingBackend:
                     unreachable.add(decision.record.instance_id)
                     self.rerouted += 1
                     continue
-                raise WorkerFailed(str(e)) from e
+                card = card_of(record)
+                if (produced or e.instance_id != decision.record.instance_id or card is None
+                        or not card.prefill_fallback_local):
+                    raise WorkerFailed(str(e)) from e
+                failed_prefill = e
             except NoWorkersError as e:
                 raise WorkerFailed(str(e)) from e
             finally:
                 decision.finished(usage[-1] if usage else None)
+            # The prefill worker failed before the handoff (it died mid-prefill, say) and the decode
+            # worker allows it (--prefill-fallback-local): the decode worker takes the whole request
+            # and prefills it by its own rules (on another prefill worker, or locally).
+            log.warning("[%s] prefill on %s failed (%s); the decode worker %s takes the whole request "
+                        "(--prefill-fallback-local)", request.request_id, decision.record.instance_id,
+                        failed_prefill, record.instance_id)
+            self.prefill_fallbacks += 1
+            async for out in decode.generate(record, request):
+                yield out
+            return
 
     def _route(self, group: WorkerGroup, request: GenerateRequest, roles: tuple[Role, ...],
                exclude: Collection[str] = (), overlap_credit: bool = True) -> Decision:
@@ -289,5 +396,6 @@ async def create_serving_backend(config: FrontendConfig, router_observer: Router
                                    kv_router=config.kv_router, router_observer=router_observer,
                                    request_transport=config.request_transport,
                                    migration_limit=config.migration_limit,
-                                   max_inflight_per_worker=config.max_inflight_per_worker)
+                                   max_inflight_per_worker=config.max_inflight_per_worker,
+                                   progress_timeout=config.request_progress_timeout)
     return await backend.start()

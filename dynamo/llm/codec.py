@@ -21,6 +21,8 @@ from dynamo.llm.protocol import (
     OutputOptions,
     SamplingOptions,
     StopConditions,
+    StructuredKind,
+    StructuredOutput,
     TokenLogprob,
     Usage,
 )
@@ -38,6 +40,15 @@ _FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
 _KV_TO_PB = {KvEventKind.STORED: pb.KV_EVENT_KIND_STORED, KvEventKind.REMOVED: pb.KV_EVENT_KIND_REMOVED,
              KvEventKind.CLEARED: pb.KV_EVENT_KIND_CLEARED}
 _KV_FROM_PB = {v: k for k, v in _KV_TO_PB.items()}
+
+_STRUCTURED_TO_PB = {
+    StructuredKind.JSON_SCHEMA: pb.StructuredOutput.KIND_JSON_SCHEMA,
+    StructuredKind.JSON_OBJECT: pb.StructuredOutput.KIND_JSON_OBJECT,
+    StructuredKind.REGEX: pb.StructuredOutput.KIND_REGEX,
+    StructuredKind.CHOICE: pb.StructuredOutput.KIND_CHOICE,
+    StructuredKind.GRAMMAR: pb.StructuredOutput.KIND_GRAMMAR,
+}
+_STRUCTURED_FROM_PB = {v: k for k, v in _STRUCTURED_TO_PB.items()}
 
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
                     "frequency_penalty", "repetition_penalty")
@@ -70,6 +81,21 @@ def disagg_from_pb(m: pb.DisaggregatedParams) -> DisaggregatedParams:
                                first_token_ids=list(m.first_token_ids), opaque=m.opaque)
 
 
+# --- structured output ------------------------------------------------------------------------
+
+def structured_to_pb(so: StructuredOutput, out: pb.StructuredOutput) -> None:
+    out.kind = _STRUCTURED_TO_PB[so.kind]
+    out.value = so.value
+
+
+def structured_from_pb(m: pb.StructuredOutput) -> StructuredOutput:
+    kind = _STRUCTURED_FROM_PB.get(m.kind)
+    if kind is None:  # unset (0) or a kind newer than this worker
+        raise InvalidRequest(f"structured_output.kind {m.kind} is not a constraint this worker knows "
+                             f"(known: {', '.join(f'{v} ({k.value})' for k, v in _STRUCTURED_TO_PB.items())})")
+    return StructuredOutput(kind=kind, value=m.value)
+
+
 # --- requests --------------------------------------------------------------------------------
 
 def request_to_pb(r: GenerateRequest) -> pb.GenerateRequest:
@@ -79,6 +105,10 @@ def request_to_pb(r: GenerateRequest) -> pb.GenerateRequest:
         value = getattr(s, name)
         if value is not None:
             setattr(m.sampling, name, value)
+    if s.logit_bias:
+        m.sampling.logit_bias.update(s.logit_bias)
+    if r.structured_output is not None:
+        structured_to_pb(r.structured_output, m.structured_output)
     if r.stop.max_tokens is not None:
         m.stop.max_tokens = r.stop.max_tokens
     if r.stop.min_tokens is not None:
@@ -98,6 +128,8 @@ def request_to_pb(r: GenerateRequest) -> pb.GenerateRequest:
 
 def request_from_pb(m: pb.GenerateRequest) -> GenerateRequest:
     sampling = SamplingOptions(**{name: _opt(m.sampling, name) for name in _SAMPLING_FIELDS})  # type: ignore[arg-type]
+    if m.sampling.logit_bias:
+        sampling.logit_bias = dict(m.sampling.logit_bias)
     stop = StopConditions(
         max_tokens=_opt(m.stop, "max_tokens"),  # type: ignore[arg-type]
         min_tokens=_opt(m.stop, "min_tokens"),  # type: ignore[arg-type]
@@ -107,9 +139,10 @@ def request_from_pb(m: pb.GenerateRequest) -> GenerateRequest:
     disagg = disagg_from_pb(m.disaggregated_params) if m.HasField("disaggregated_params") else None
     bootstrap = (Bootstrap(m.bootstrap.host, m.bootstrap.port, m.bootstrap.room)
                  if m.HasField("bootstrap") else None)
+    structured = structured_from_pb(m.structured_output) if m.HasField("structured_output") else None
     return GenerateRequest(request_id=m.request_id, token_ids=list(m.token_ids), model=m.model,
                            sampling=sampling, stop=stop, output=output, disaggregated_params=disagg,
-                           annotations=dict(m.annotations), bootstrap=bootstrap)
+                           annotations=dict(m.annotations), bootstrap=bootstrap, structured_output=structured)
 
 
 # --- outputs ---------------------------------------------------------------------------------

@@ -44,6 +44,14 @@ class ModelCard:
     # An aggregated worker that can also continue a prefill worker's handoff (LLMEngine.
     # accepts_remote_prefill): used as a decode worker while prefill workers of its model are live.
     accepts_remote_prefill: bool = False
+    # How the frontend reads this model's output (dynamo.frontend.parsers): tool calls in its text
+    # ("hermes", "llama3_json", "mistral", "pythonic") and its <think> part ("deepseek_r1", "qwen3").
+    # The frontend's --tool-call-parser / --reasoning-parser override them.
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    # A decode worker started with --prefill-fallback-local: when a remote prefill fails before the
+    # handoff, the orchestrator may hand it the whole request, which it then prefills itself.
+    prefill_fallback_local: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -62,11 +70,33 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        """Raises TypeError or ValueError for a card that is missing fields or has wrong types (it
+        comes from discovery: anyone who can write there can write garbage)."""
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         kwargs["role"] = Role(kwargs.get("role", Role.AGGREGATED.value))
+        for name, value in kwargs.items():
+            want = _FIELD_TYPES.get(name)
+            if want is not None and (not isinstance(value, want) or (isinstance(value, bool) and bool not in want)):
+                raise TypeError(f"model card field {name!r} is {type(value).__name__}, not "
+                                f"{' or '.join(t.__name__ for t in want)}")
+        if not kwargs.get("served_model_name", "x"):
+            raise ValueError("model card field 'served_model_name' is empty")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in kwargs.get("eos_token_ids", [])):
+            raise TypeError("model card field 'eos_token_ids' is not a list of integers")
         return cls(**kwargs)
 
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
         return cls.from_dict(json.loads(text))
+
+
+_NONE = type(None)
+# What each field of a card from discovery must be (bool is an int to isinstance: refused unless listed).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "served_model_name": (str,), "model_path": (str,), "tokenizer": (str,), "context_length": (int,),
+    "kv_block_size": (int,), "total_kv_blocks": (int,), "engine": (str,), "chat_template": (str, _NONE),
+    "vocab_size": (int,), "eos_token_ids": (list,), "bootstrap_endpoint": (str, _NONE),
+    "accepts_remote_prefill": (bool,), "prefill_fallback_local": (bool,), "tool_call_parser": (str, _NONE), "reasoning_parser": (str, _NONE),
+    "extra": (dict,),
+}

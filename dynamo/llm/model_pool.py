@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from dynamo.llm.model_card import ModelCard, Role
 from dynamo.llm.transport import DEFAULT_TRANSPORT, check_transport
 from dynamo.llm.worker_group import WorkerGroup
+from dynamo.runtime.discovery import malformed
 from dynamo.runtime.discovery.base import Discovery
 from dynamo.runtime.discovery.records import InstanceRecord, InstanceWatcher
 from dynamo.runtime.identity import namespace_prefix
@@ -14,12 +17,19 @@ SERVING_ROLES = (Role.AGGREGATED, Role.DECODE)  # the roles a client's request c
 
 
 def card_of(record: InstanceRecord) -> ModelCard | None:
+    """The record's model card; None for a record without one (an endpoint that serves no model)
+    or with one that does not parse (skipped, counted and warned about once, as other malformed
+    discovery records are)."""
     raw = record.metadata.get("model_card")
-    if not isinstance(raw, dict):
+    if raw is None:
         return None
     try:
+        if not isinstance(raw, dict):
+            raise TypeError(f"a JSON {type(raw).__name__}, not an object")
         return ModelCard.from_dict(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as e:
+        content = json.dumps(raw, sort_keys=True, default=str).encode()
+        malformed.skip("model_card", record.key, content, str(e) or type(e).__name__)
         return None
 
 
@@ -30,7 +40,15 @@ class ModelPool:
         self.namespace = namespace
         self.transport = check_transport(transport)
         self.watcher = InstanceWatcher(discovery, namespace_prefix(namespace))
+        # Parse each card as it arrives: a malformed one is counted and warned about then, not only
+        # once some request's routing happens to look at it.
+        self.watcher.on_change(self._check_card)
         self._groups: dict[tuple[str, tuple[Role, ...]], WorkerGroup] = {}
+
+    @staticmethod
+    def _check_card(_instance_id: str, rec: InstanceRecord | None) -> None:
+        if rec is not None:
+            card_of(rec)
 
     async def start(self) -> None:
         await self.watcher.start()

@@ -7,6 +7,7 @@ Every layer above the rpc edge speaks these dataclasses; they are converted to p
 from __future__ import annotations
 
 import enum
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ class SamplingOptions:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit, each in [-100, 100]
 
     def validate(self) -> None:
         for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
@@ -59,6 +61,11 @@ class SamplingOptions:
             raise InvalidRequest(f"sampling.repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**63:
             raise InvalidRequest(f"sampling.seed must fit in 64 bits, got {self.seed}")
+        if self.logit_bias:
+            for token_id, bias in self.logit_bias.items():
+                if token_id < 0 or not math.isfinite(bias) or not -100 <= bias <= 100:
+                    raise InvalidRequest(f"sampling.logit_bias[{token_id}] = {bias}: token ids must be "
+                                         "non-negative and biases in [-100, 100]")
 
     @property
     def is_greedy(self) -> bool:
@@ -93,6 +100,40 @@ class OutputOptions:
     def validate(self) -> None:
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise InvalidRequest(f"output.logprobs must be in [0, 20], got {self.logprobs}")
+
+
+class StructuredKind(str, enum.Enum):
+    """What a structured-output constraint is; `StructuredOutput.value` is its text."""
+
+    JSON_SCHEMA = "json_schema"  # value: a JSON schema, as JSON text
+    JSON_OBJECT = "json_object"  # value: "" (any JSON object)
+    REGEX = "regex"  # value: a regular expression the whole output matches
+    CHOICE = "choice"  # value: a JSON array of strings; the output is exactly one of them
+    GRAMMAR = "grammar"  # value: an EBNF / GBNF grammar (the engine's grammar backend reads it)
+
+
+@dataclass
+class StructuredOutput:
+    """A constraint the engine enforces while decoding (vLLM structured outputs, SGLang's grammar
+    backend, TensorRT-LLM guided decoding). An engine that cannot honour a kind refuses the request
+    with InvalidRequest; it never ignores it."""
+
+    kind: StructuredKind
+    value: str = ""
+
+    def validate(self) -> None:
+        if self.kind in (StructuredKind.JSON_SCHEMA, StructuredKind.CHOICE):
+            try:
+                parsed = json.loads(self.value)
+            except ValueError as exc:
+                raise InvalidRequest(f"structured_output.value must be JSON for {self.kind.value}: {exc}") from None
+            if self.kind is StructuredKind.JSON_SCHEMA and not isinstance(parsed, (dict, bool)):
+                raise InvalidRequest("structured_output json_schema must be a JSON object")
+            if self.kind is StructuredKind.CHOICE and not (
+                    isinstance(parsed, list) and parsed and all(isinstance(c, str) for c in parsed)):
+                raise InvalidRequest("structured_output choice must be a non-empty JSON array of strings")
+        elif self.kind in (StructuredKind.REGEX, StructuredKind.GRAMMAR) and not self.value:
+            raise InvalidRequest(f"structured_output {self.kind.value} must not be empty")
 
 
 @dataclass
@@ -140,6 +181,7 @@ class GenerateRequest:
     disaggregated_params: DisaggregatedParams | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     bootstrap: Bootstrap | None = None  # bootstrap-mode disaggregation (the room to meet in)
+    structured_output: StructuredOutput | None = None  # a constraint the engine enforces
 
     def validate_common(self, *, vocab_size: int, context_length: int, served_model: str | None = None
                         ) -> None:
@@ -160,6 +202,11 @@ class GenerateRequest:
         self.sampling.validate()
         self.stop.validate()
         self.output.validate()
+        if self.structured_output is not None:
+            self.structured_output.validate()
+        if self.sampling.logit_bias and max(self.sampling.logit_bias) >= vocab_size:
+            raise InvalidRequest(f"logit_bias token id {max(self.sampling.logit_bias)} is outside the "
+                                 f"vocabulary (valid ids are 0..{vocab_size - 1})")
         if self.bootstrap is not None:
             self.bootstrap.validate()
             if self.disaggregated_params is not None:

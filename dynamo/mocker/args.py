@@ -81,6 +81,9 @@ class MockerConfig:
     """Everything the simulated engine needs; resolved values (no 'read it from the model' left)."""
 
     model_path: str | None = None
+    # a local directory with the model's config and tokenizer files (model_path, or the hub snapshot
+    # of a hub id); its tokenizer.json lets the mocker honour structured-output constraints
+    config_dir: str | None = None
     served_model_name: str = "mocker"
     vocab_size: int = DEFAULT_VOCAB_SIZE
     max_model_len: int = DEFAULT_MAX_MODEL_LEN
@@ -258,7 +261,7 @@ def mocker_config_from_namespace(ns: argparse.Namespace) -> MockerConfig:
     timing_json = getattr(ns, "mocker_timing", None)
     timing = TimingModel.from_json(timing_json) if timing_json else TimingModel()
     return MockerConfig(
-        model_path=model, served_model_name=name, vocab_size=vocab, max_model_len=max_len,
+        model_path=model, config_dir=config_dir, served_model_name=name, vocab_size=vocab, max_model_len=max_len,
         eos_token_ids=facts.eos_token_ids if facts else [],
         num_gpu_blocks=ns.num_gpu_blocks, block_size=ns.block_size, max_num_seqs=ns.max_num_seqs,
         max_num_batched_tokens=ns.max_num_batched_tokens, enable_prefix_caching=ns.enable_prefix_caching,

@@ -8,6 +8,14 @@ What it simulates:
 - step durations from a simple cost model divided by `speedup_ratio` (timing.py);
 - deterministic output tokens (tokens.py).
 
+Structured output (structured.py): with a tokenizer (tokenizer.json in the model directory) the
+mocker honours json_schema, json_object and choice constraints by emitting the token ids of a value
+it builds to satisfy them, then EOS (finish "eos"; "stop" when the model has no EOS id). The value
+is fixed by the request (its seed, else its prompt), so a prefill and its decode agree; max_tokens
+still truncates it (finish "length"), min_tokens and ignore_eos do not stretch it. regex and grammar
+constraints, and any constraint without a tokenizer, are refused (InvalidRequest). logit_bias is
+accepted and has no effect: the mocker samples no logits.
+
 Disaggregated prefill/decode (the handoff is defined in disagg.py; the convention is the project's,
 see dynamo/llm/disagg.py):
 - role prefill: the worker shell sends every request with max_tokens=1 and no disaggregated
@@ -39,6 +47,8 @@ import argparse
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 from dynamo.llm.engine import EngineError, LLMEngine
 from dynamo.llm.errors import PrefillError
@@ -61,6 +71,7 @@ from dynamo.mocker.events import KvEventBuffer
 from dynamo.mocker.kv_cache import KvCache
 from dynamo.mocker.scheduler import Scheduler
 from dynamo.mocker.sequence import SeqState, Sequence
+from dynamo.mocker.structured import constrained_text
 from dynamo.mocker.timing import SimClock, step_seconds, transfer_seconds
 from dynamo.mocker.tokens import TokenSampler, request_seed
 
@@ -95,6 +106,8 @@ class MockerEngine(LLMEngine):
         self._finished_requests = 0
         self._bootstrap: BootstrapServer | None = None
         self._rooms: dict[str, int] = {}  # prefill side: request id -> its bootstrap room
+        self._tokenizer: Any = None  # a `tokenizers.Tokenizer`, when the model directory has one
+        self._no_tokenizer_reason = "the mocker was started without --model"
 
     # --- command line -----------------------------------------------------------------------
     @classmethod
@@ -123,11 +136,48 @@ class MockerEngine(LLMEngine):
             except OSError as e:
                 raise EngineError(f"cannot serve the bootstrap port {self.config.bootstrap_port}: {e}") from None
             log.info("bootstrap handoff: serving rooms on port %d", self._bootstrap.port)
+        self._load_tokenizer()
         self._task = asyncio.create_task(self._run(), name="mocker-engine-loop")
         log.info("mocker engine started: role=%s blocks=%d x %d tokens, context %d, speedup %.1f",
                  self.role.value, self.config.num_gpu_blocks, self.config.block_size, self.context_length,
                  self.config.speedup_ratio)
         return self.info
+
+    def _load_tokenizer(self) -> None:
+        """The model's tokenizer.json, if it has one: only structured output needs it."""
+        directory = self.config.config_dir or self.config.model_path
+        if not directory:
+            return
+        path = Path(directory) / "tokenizer.json"
+        if not path.is_file():
+            self._no_tokenizer_reason = f"the model directory {directory} has no tokenizer.json"
+            return
+        from tokenizers import Tokenizer
+
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # a tokenizer it cannot read costs structured output only: say so, go on
+            self._no_tokenizer_reason = f"its tokenizer {path} does not load ({e})"
+            log.warning("mocker: structured output is off: %s", self._no_tokenizer_reason)
+
+    def _constrained_ids(self, request: GenerateRequest, seed: int) -> list[int] | None:
+        """The whole output of a structured-output request (the value's ids, then EOS), or None."""
+        so = request.structured_output
+        if so is None:
+            return None
+        if self._tokenizer is None:
+            raise InvalidRequest(f"this mocker cannot honour structured_output ({so.kind.value}): "
+                                 f"{self._no_tokenizer_reason}; start it with --model DIR whose "
+                                 "tokenizer.json it can read")
+        pick = request.sampling.seed if request.sampling.seed is not None else seed
+        ids = list(self._tokenizer.encode(constrained_text(so, pick), add_special_tokens=False).ids)
+        if any(not 0 <= t < self.config.vocab_size for t in ids):
+            raise InvalidRequest("the mocker's tokenizer produced ids outside its vocabulary for the "
+                                 f"constrained value (vocab_size {self.config.vocab_size})")
+        ids += self._sampler.eos_token_ids[:1]
+        if not ids:  # each engine step emits a token: an empty value needs an EOS to end on
+            raise InvalidRequest("the constrained value is empty and this model has no EOS token to end it on")
+        return ids
 
     @property
     def info(self) -> EngineInfo:
@@ -212,6 +262,7 @@ class MockerEngine(LLMEngine):
             seed=request_seed(self.config.mocker_seed, prompt, request.sampling), max_tokens=max_tokens,
             min_tokens=stop.min_tokens or 0, stop_token_ids=frozenset(stop.stop_token_ids),
             ignore_eos=stop.ignore_eos, logprobs=request.output.logprobs, block_size=self.config.block_size)
+        seq.forced = self._constrained_ids(request, seq.seed)
         if request.bootstrap is not None and self.role is Role.PREFILL:
             if self._bootstrap is None:
                 raise InvalidRequest("this prefill worker hands its KV over in pull mode and serves no bootstrap "
@@ -279,9 +330,12 @@ class MockerEngine(LLMEngine):
 
     def _emit_token(self, seq: Sequence) -> None:
         position = len(seq.tokens) - seq.prompt_len
-        early = position < seq.min_tokens
-        token = self._sampler.sample(seq.seed, position, ban=seq.stop_token_ids if early else _NOTHING,
-                                     allow_eos=not early)  # like vLLM: ignore_eos goes on past EOS
+        if seq.forced is not None:
+            token = seq.forced[position]
+        else:
+            early = position < seq.min_tokens
+            token = self._sampler.sample(seq.seed, position, ban=seq.stop_token_ids if early else _NOTHING,
+                                         allow_eos=not early)  # like vLLM: ignore_eos goes on past EOS
         seq.tokens.append(token)
         self._generated_tokens += 1
         sink = seq.sink
@@ -297,6 +351,10 @@ class MockerEngine(LLMEngine):
 
     def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         num_output = len(seq.tokens) - seq.prompt_len
+        if seq.forced is not None and num_output >= len(seq.forced):  # the constrained value is complete
+            return FinishReason.EOS if self._sampler.eos_token_ids else FinishReason.STOP
+        if seq.forced is not None and token in seq.stop_token_ids:
+            return FinishReason.STOP  # a stop token ends it as it ends any output (min_tokens aside)
         if num_output >= seq.min_tokens:
             if token in self._eos and not seq.ignore_eos:
                 return FinishReason.EOS

@@ -67,6 +67,9 @@ class Sequence:
     remote_kv_tokens: int = 0  # leading tokens whose KV arrives from a prefill worker on admission
     cached_tokens: int | None = None  # prompt tokens found in the cache at first admission
     num_preemptions: int = 0
+    # a structured-output request: its whole output, decided up front (the constrained value's
+    # token ids, then EOS when the model has one); None: sampled as usual (tokens.py)
+    forced: list[int] | None = None
     _hashes: list[int] = field(default_factory=list)
 
     @property

@@ -14,7 +14,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from dynamo.runtime.config import RuntimeConfig
-from dynamo.runtime.discovery import Discovery, open_discovery
+from dynamo.runtime.discovery import Discovery, malformed, open_discovery
 from dynamo.runtime.discovery.records import InstanceRecord
 from dynamo.runtime.identity import EndpointAddress, new_instance_id
 from dynamo.runtime.lifecycle import ShutdownSignal
@@ -34,6 +34,7 @@ class DistributedRuntime:
     def __init__(self, config: RuntimeConfig, *, registry: CollectorRegistry | None = None) -> None:
         self.config = config
         self.registry = registry or CollectorRegistry()
+        self.registry.register(malformed.COLLECTOR)  # what this process's discovery readers skipped
         self.discovery: Discovery = open_discovery(config.discovery)
         self.server = RpcServer(config.grpc_host, config.grpc_port,
                                 local_socket.socket_path(config.grpc_local_socket), tls=config.tls)

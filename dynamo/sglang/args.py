@@ -8,7 +8,10 @@ the worker's wins: the role is the worker's, and SGLang's gRPC server is not use
 
 What Dynamo sets itself (`server_args_of`):
 - skip_tokenizer_init (token ids in and out; the frontend tokenizes), incremental (disjoint)
-  streaming output, enable_metrics (re-exported on the worker's /metrics);
+  streaming output, enable_metrics (re-exported on the worker's /metrics). With
+  --enable-structured-output SGLang keeps its tokenizer (skip_tokenizer_init off): its grammar backend
+  compiles json_schema / regex / ebnf constraints against the vocabulary and is not built without it;
+  the price is SGLang's detokenizer process working on every output token;
 - KV events on a private ZMQ publisher bound to a free loopback port, unless --kv-events-config;
 - disaggregation_mode from the worker's role; a prefill worker's bootstrap port a free one unless
   --disaggregation-bootstrap-port, and its bootstrap server on all interfaces unless --host;
@@ -20,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 from collections.abc import Sequence
 from typing import Any
 
 from dynamo.llm.model_card import ModelSource, Role
+from dynamo.runtime.ports import free_port
 
 # SGLang's values of the worker's role (ServerArgs.disaggregation_mode)
 SGLANG_MODE = {Role.AGGREGATED: "null", Role.PREFILL: "prefill", Role.DECODE: "decode"}
@@ -36,12 +39,6 @@ _UNSET_BY_DEFAULT = ("disaggregation_bootstrap_port", "host", "kv_events_config"
 
 def on_cpu() -> bool:
     return os.environ.get("SGLANG_USE_CPU_ENGINE", "").lower() in ("1", "true", "yes")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sglang_parser() -> argparse.ArgumentParser:
@@ -80,6 +77,20 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 
     ServerArgs.add_cli_args(parser)
     parser.set_defaults(**{name: None for name in _UNSET_BY_DEFAULT})
+    parser.add_argument("--enable-structured-output", action="store_true",
+                        help="serve structured-output constraints (JSON schema, regex, choice, grammar): SGLang "
+                             "then loads its own tokenizer, which its grammar backend needs (costs its "
+                             "detokenizer's work per token); without it such requests are refused")
+
+
+def serves_structured_output(server_args: dict[str, Any]) -> str | None:
+    """None when an engine with these ServerArgs honours structured-output constraints, else why not."""
+    if server_args.get("skip_tokenizer_init"):
+        return ("this SGLang worker runs without SGLang's tokenizer, which SGLang's grammar backend needs; "
+                "start it with --enable-structured-output")
+    if server_args.get("grammar_backend") == "none":
+        return "this SGLang worker was started with --grammar-backend none; start it with another grammar backend"
+    return None
 
 
 def model_source_of(ns: argparse.Namespace) -> ModelSource:
@@ -118,7 +129,7 @@ def server_args_of(ns: argparse.Namespace, role: Role) -> dict[str, Any]:
         if kwargs.get(name) is None and defaults.get(name) is not None:
             kwargs[name] = defaults[name]
     kwargs["disaggregation_mode"] = SGLANG_MODE[role]
-    kwargs["skip_tokenizer_init"] = True
+    kwargs["skip_tokenizer_init"] = not getattr(ns, "enable_structured_output", False)
     kwargs["enable_metrics"] = True
     streaming = "incremental_streaming_output" if "incremental_streaming_output" in fields else "stream_output"
     kwargs[streaming] = True

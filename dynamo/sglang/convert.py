@@ -8,12 +8,46 @@ A chunk (incremental streaming, skip_tokenizer_init) is `{"output_ids": [new ids
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dynamo.llm.protocol import FinishReason, GenerateRequest, InvalidRequest, TokenLogprob
+from dynamo.llm.protocol import (
+    FinishReason,
+    GenerateRequest,
+    InvalidRequest,
+    StructuredKind,
+    StructuredOutput,
+    TokenLogprob,
+)
 
 ENGINE_NAME = "sglang"
+
+# What SGLang's own OpenAI server sends for response_format {"type": "json_object"}
+# (sglang/srt/entrypoints/openai/serving_completions.py): any JSON object.
+ANY_JSON_OBJECT_SCHEMA = '{"type": "object"}'
+
+
+def choice_regex(choices: Sequence[str]) -> str:
+    """A regex matching exactly one of `choices` (SGLang has no choice constraint of its own)."""
+    return "(" + "|".join(re.escape(c) for c in choices) + ")"
+
+
+def structured_params_for(so: StructuredOutput) -> dict[str, str]:
+    """SGLang's one grammar key (json_schema, regex or ebnf) for our constraint."""
+    kind = so.kind
+    if kind is StructuredKind.JSON_SCHEMA:
+        return {"json_schema": so.value}
+    if kind is StructuredKind.JSON_OBJECT:
+        return {"json_schema": ANY_JSON_OBJECT_SCHEMA}
+    if kind is StructuredKind.REGEX:
+        return {"regex": so.value}
+    if kind is StructuredKind.CHOICE:
+        return {"regex": choice_regex(json.loads(so.value))}  # validated: a JSON array of strings
+    if kind is StructuredKind.GRAMMAR:
+        return {"ebnf": so.value}
+    raise InvalidRequest(f"the SGLang worker cannot honour a structured_output of kind {kind.value!r}")
 
 
 def sampling_params_for(request: GenerateRequest) -> dict[str, Any]:
@@ -41,6 +75,10 @@ def sampling_params_for(request: GenerateRequest) -> dict[str, Any]:
             params[name] = value
     if s.seed is not None:
         params["sampling_seed"] = s.seed  # honoured with --enable-deterministic-inference (not on CPU)
+    if s.logit_bias:
+        params["logit_bias"] = {str(t): b for t, b in s.logit_bias.items()}  # SGLang's keys are strings
+    if request.structured_output is not None:
+        params.update(structured_params_for(request.structured_output))
     return params
 
 

@@ -33,7 +33,13 @@ from dynamo.llm.protocol import (
     Usage,
 )
 from dynamo.sglang import process
-from dynamo.sglang.args import SGLangArgumentParser, add_engine_args, model_source_of, server_args_of
+from dynamo.sglang.args import (
+    SGLangArgumentParser,
+    add_engine_args,
+    model_source_of,
+    server_args_of,
+    serves_structured_output,
+)
 from dynamo.sglang.convert import ENGINE_NAME, abort_message, finish_reason_of, logprobs_of, sampling_params_for
 from dynamo.sglang.metrics import SGLangMetrics
 
@@ -179,6 +185,11 @@ class SGLangEngine(LLMEngine):
         if ids and (min(ids) < 0 or max(ids) >= self._vocab_size):  # an out-of-range id kills SGLang's scheduler
             raise InvalidRequest(f"prompt token ids must be in [0, {self._vocab_size}), got "
                                  f"{[t for t in ids if not 0 <= t < self._vocab_size][:5]}")
+        if request.structured_output is not None:
+            why_not = serves_structured_output(self.server_args)
+            if why_not is not None:  # else SGLang aborts it, naming a flag of its own we set for it
+                raise InvalidRequest(f"structured_output ({request.structured_output.kind.value}) is not "
+                                     f"supported here: {why_not}")
         if request.disaggregated_params is not None:
             raise InvalidRequest(f"disaggregated_params come from a {request.disaggregated_params.engine!r} prefill "
                                  "worker; SGLang takes a prefill's KV in a bootstrap room, not from a prefill's result")

@@ -28,6 +28,7 @@ from dynamo.runtime.config import add_env_flag, float_range, int_range
 DEFAULT_KV_BLOCK_SIZE = 32  # TensorRT-LLM's KvCacheConfig.tokens_per_block default
 DEFAULT_FREE_GPU_MEMORY_FRACTION = 0.9  # trtllm-serve's default
 KV_EVENT_BUFFER = 1024  # events TensorRT-LLM keeps for a slow reader (upstream Dynamo's default)
+GUIDED_DECODING_BACKENDS = ("xgrammar", "llguidance")  # TorchLlmArgs.guided_decoding_backend's values
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +49,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    default=DEFAULT_FREE_GPU_MEMORY_FRACTION,
                    help="share of free GPU memory for the KV cache [default: 0.9]")
     g.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code")
+    g.add_argument("--guided-decoding-backend", choices=GUIDED_DECODING_BACKENDS, default=None,
+                   help="TensorRT-LLM's guided decoding backend (guided_decoding_backend), which structured-output "
+                        "requests need; without one they are refused [default: none]")
     g.add_argument("--extra-engine-args", metavar="FILE.yaml", default=None,
                    help="TensorRT-LLM LLM arguments laid over the flags' (YAML wins; nested keys merge), "
                         "e.g. engine_configs/trtllm/<model>/agg.yaml")
@@ -70,7 +74,7 @@ def flag_llm_args(ns: argparse.Namespace) -> dict[str, Any]:
     }
     optional = {"tokenizer": ns.tokenizer, "moe_expert_parallel_size": ns.expert_parallel_size,
                 "max_batch_size": ns.max_batch_size, "max_num_tokens": ns.max_num_tokens,
-                "max_seq_len": ns.max_seq_len}
+                "max_seq_len": ns.max_seq_len, "guided_decoding_backend": ns.guided_decoding_backend}
     args.update({k: v for k, v in optional.items() if v is not None})
     return args
 

@@ -7,16 +7,65 @@ our protocol as JSON fields plus `opaque`, the raw bytes of its `opaque_state` (
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dynamo.llm.protocol import DisaggregatedParams, FinishReason, GenerateRequest, InvalidRequest, TokenLogprob
+from dynamo.llm.protocol import (
+    DisaggregatedParams,
+    FinishReason,
+    GenerateRequest,
+    InvalidRequest,
+    StructuredKind,
+    StructuredOutput,
+    TokenLogprob,
+)
 
 ENGINE_NAME = "trtllm"
 
 
-def sampling_params_for(request: GenerateRequest, sampling_params_cls: Any) -> Any:
-    """A `tensorrt_llm.SamplingParams` for `request`; its ValueError/TypeError become InvalidRequest."""
+def choice_regex(choices: Sequence[str]) -> str:
+    """A regex matching exactly one of `choices` (GuidedDecodingParams has no choice field)."""
+    return "(" + "|".join(re.escape(c) for c in choices) + ")"
+
+
+def guided_decoding_for(so: StructuredOutput, guided_decoding_params_cls: Any) -> Any:
+    """A `tensorrt_llm.sampling_params.GuidedDecodingParams` for our constraint (one field set)."""
+    kind = so.kind
+    if kind is StructuredKind.JSON_SCHEMA:
+        return guided_decoding_params_cls(json=so.value)  # a schema as JSON text, as trtllm-serve passes it
+    if kind is StructuredKind.JSON_OBJECT:
+        return guided_decoding_params_cls(json_object=True)
+    if kind is StructuredKind.REGEX:
+        return guided_decoding_params_cls(regex=so.value)
+    if kind is StructuredKind.CHOICE:
+        return guided_decoding_params_cls(regex=choice_regex(json.loads(so.value)))  # validated: strings
+    if kind is StructuredKind.GRAMMAR:
+        return guided_decoding_params_cls(grammar=so.value)  # EBNF, as its xgrammar / llguidance read it
+    raise InvalidRequest(f"the TensorRT-LLM worker cannot honour a structured_output of kind {kind.value!r}")
+
+
+def embedding_bias_for(logit_bias: Mapping[int, float], vocab_size: int) -> list[float]:
+    """Our sparse logit_bias as TensorRT-LLM's dense `embedding_bias` ([vocab_size], added to the logits)."""
+    bad = [t for t in logit_bias if not 0 <= t < vocab_size]
+    if bad:
+        raise InvalidRequest(f"logit_bias token id {bad[0]} is outside the vocabulary (valid ids are "
+                             f"0..{vocab_size - 1})")
+    dense = [0.0] * vocab_size
+    for token_id, bias in logit_bias.items():
+        dense[token_id] = float(bias)
+    return dense
+
+
+def sampling_params_for(request: GenerateRequest, sampling_params_cls: Any, *,
+                        guided_decoding_params_cls: Any = None, embedding_bias: Any = None) -> Any:
+    """A `tensorrt_llm.SamplingParams` for `request`; its ValueError/TypeError become InvalidRequest.
+
+    `guided_decoding_params_cls` translates a structured_output (the caller checked that the engine
+    has a guided decoding backend); `embedding_bias` is the request's logit_bias as the engine's
+    tensor (embedding_bias_for, made a float32 tensor by the caller).
+    """
     s, stop, out = request.sampling, request.stop, request.output
     kwargs: dict[str, Any] = {
         # Our None means greedy. TensorRT-LLM takes temperature 0 as greedy (its _is_greedy_decoding).
@@ -43,7 +92,13 @@ def sampling_params_for(request: GenerateRequest, sampling_params_cls: Any) -> A
         kwargs["logprobs"] = max(1, out.logprobs)
     if stop.max_tokens is None:
         kwargs.pop("max_tokens")  # the engine's default: up to the context
+    if embedding_bias is not None:
+        kwargs["embedding_bias"] = embedding_bias
     try:
+        if request.structured_output is not None:
+            if guided_decoding_params_cls is None:
+                raise InvalidRequest("structured_output needs TensorRT-LLM's GuidedDecodingParams")
+            kwargs["guided_decoding"] = guided_decoding_for(request.structured_output, guided_decoding_params_cls)
         return sampling_params_cls(**kwargs)
     except (ValueError, TypeError) as exc:
         raise InvalidRequest(f"TensorRT-LLM rejected the sampling options: {exc}") from exc

@@ -1,5 +1,10 @@
 """The TensorRT-LLM engine adapter: our generate protocol over `tensorrt_llm.LLM` (PyTorch backend).
 
+Structured output: our constraint becomes `SamplingParams.guided_decoding` (GuidedDecodingParams; a
+choice becomes a regex), which TensorRT-LLM enforces only when the LLM has a guided_decoding_backend
+(--guided-decoding-backend, or the engine YAML): without one such requests are refused, never run
+unconstrained. logit_bias becomes the dense `embedding_bias` tensor its sampler adds to the logits.
+
 Disaggregation, the pull mode of dynamo/llm/disagg.py:
 - role prefill: the worker shell gives every request max_tokens=1; the adapter runs it as
   `DisaggregatedParams(request_type="context_only")` and returns TensorRT-LLM's params (its
@@ -37,6 +42,7 @@ from dynamo.trtllm import events
 from dynamo.trtllm.args import add_engine_args, engine_llm_args, model_source_of
 from dynamo.trtllm.convert import (
     ENGINE_NAME,
+    embedding_bias_for,
     finish_reason_of,
     generation_params_for,
     handoff_of,
@@ -208,7 +214,8 @@ class TrtllmEngine(LLMEngine):
         rid = request.request_id
         if rid in self._running:
             raise InvalidRequest(f"request id {rid!r} is already running; ids must be unique")
-        params = sampling_params_for(request, SamplingParams)
+        params = sampling_params_for(request, SamplingParams, guided_decoding_params_cls=self._guided_cls(request),
+                                     embedding_bias=self._embedding_bias(request))
         context_only = self.role is Role.PREFILL
         disaggregated = None
         if context_only:
@@ -255,6 +262,28 @@ class TrtllmEngine(LLMEngine):
                 self._abort_after_transfer(result, rid)
             else:
                 result.abort()  # the consumer went away, or the engine failed
+
+    def _guided_cls(self, request: GenerateRequest) -> Any:
+        """GuidedDecodingParams when the request has a constraint and the engine a backend to enforce it."""
+        if request.structured_output is None:
+            return None
+        if getattr(self._require_llm().args, "guided_decoding_backend", None) is None:
+            raise InvalidRequest(
+                f"structured_output ({request.structured_output.kind.value}) is not supported here: this "
+                "TensorRT-LLM worker has no guided decoding backend; start it with --guided-decoding-backend "
+                "xgrammar (or guided_decoding_backend: xgrammar in its --extra-engine-args YAML)")
+        from tensorrt_llm.sampling_params import GuidedDecodingParams
+
+        return GuidedDecodingParams
+
+    def _embedding_bias(self, request: GenerateRequest) -> Any:
+        """The request's logit_bias as the float32 [vocab_size] tensor TensorRT-LLM adds to the logits."""
+        if not request.sampling.logit_bias:
+            return None
+        import torch
+
+        vocab = self.info.vocab_size if self.info is not None else self._vocab_size()
+        return torch.tensor(embedding_bias_for(request.sampling.logit_bias, vocab), dtype=torch.float32)
 
     async def _outputs(self, result: Any, rid: str) -> AsyncIterator[Any]:
         try:

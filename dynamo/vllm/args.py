@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import socket
 import tempfile
 import uuid
 
@@ -19,6 +18,7 @@ from vllm.config import KVEventsConfig, KVTransferConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 
 from dynamo.llm.model_card import ModelSource, Role
+from dynamo.runtime.ports import free_port, port_is_free
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +40,6 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def engine_args_from_namespace(ns: argparse.Namespace) -> AsyncEngineArgs:
     """vLLM's engine arguments from a namespace parsed by a parser built with `add_engine_args`."""
     return AsyncEngineArgs.from_cli_args(ns)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on `host` (another process may take it before it is bound)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a TCP listener could bind `port` on `host` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 CONNECTORS = ("nixl", "none")

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vllm import SamplingParams
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from dynamo.llm.model_card import Role
-from dynamo.llm.protocol import FinishReason, GenerateRequest, InvalidRequest, TokenLogprob
+from dynamo.llm.protocol import (
+    FinishReason,
+    GenerateRequest,
+    InvalidRequest,
+    StructuredKind,
+    StructuredOutput,
+    TokenLogprob,
+)
 
 ENGINE_NAME = "vllm"
 
@@ -58,6 +66,23 @@ def check_kv_transfer_params(payload: Mapping[str, Any]) -> None:
                              "prefill worker's result")
 
 
+def structured_outputs_for(so: StructuredOutput) -> StructuredOutputsParams:
+    """vLLM's StructuredOutputsParams for our constraint: every kind maps to a field of its own
+    (vLLM's structured-output backend, --structured-outputs-config, compiles it)."""
+    kind, value = so.kind, so.value
+    if kind is StructuredKind.JSON_SCHEMA:
+        return StructuredOutputsParams(json=value)
+    if kind is StructuredKind.JSON_OBJECT:
+        return StructuredOutputsParams(json_object=True)
+    if kind is StructuredKind.REGEX:
+        return StructuredOutputsParams(regex=value)
+    if kind is StructuredKind.CHOICE:
+        return StructuredOutputsParams(choice=list(json.loads(value)))  # validated: a JSON array of strings
+    if kind is StructuredKind.GRAMMAR:
+        return StructuredOutputsParams(grammar=value)
+    raise InvalidRequest(f"the vLLM worker cannot honour a structured_output of kind {kind.value!r}")
+
+
 def sampling_params_for(request: GenerateRequest, role: Role = Role.AGGREGATED) -> SamplingParams:
     """vLLM SamplingParams for `request`; vLLM's own validation errors become InvalidRequest."""
     s, stop, out = request.sampling, request.stop, request.output
@@ -80,10 +105,14 @@ def sampling_params_for(request: GenerateRequest, role: Role = Role.AGGREGATED) 
         value = getattr(s, name)
         if value is not None:
             kwargs[name] = value
+    if s.logit_bias:
+        kwargs["logit_bias"] = dict(s.logit_bias)
     transfer = kv_transfer_params_for(request, role)
     if transfer is not None:
         kwargs["extra_args"] = {"kv_transfer_params": transfer}
     try:
+        if request.structured_output is not None:
+            kwargs["structured_outputs"] = structured_outputs_for(request.structured_output)
         return SamplingParams(**kwargs)
     except Exception as exc:
         if is_client_error(exc) or isinstance(exc, TypeError):

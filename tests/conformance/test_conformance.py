@@ -18,8 +18,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
+import jsonschema
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tokenizers import Tokenizer
 
 from dynamo.llm import codec
 from dynamo.llm.proto import worker_pb2 as pb
@@ -32,6 +34,8 @@ from dynamo.llm.protocol import (
     OutputOptions,
     SamplingOptions,
     StopConditions,
+    StructuredKind,
+    StructuredOutput,
 )
 from tests.support.backends import BACKENDS, BackendSpec
 from tests.support.hf_reference import HfReference
@@ -183,6 +187,71 @@ async def test_logprobs(agg: WorkerProcess) -> None:
 async def test_concurrent_requests_all_complete(agg: WorkerProcess) -> None:
     results = await asyncio.gather(*(agg.generate(req(prompt(10 + i, 20 + i), max_tokens=16)) for i in range(8)))
     assert [len(tokens(r)) for r in results] == [16] * 8
+
+
+# --- structured output and logit bias ----------------------------------------------------------------
+
+# Every value finite and every key required: a model with random weights must still end its JSON.
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ok", "color", "n"],
+          "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green", "blue"]},
+                         "n": {"type": "integer", "minimum": 0, "maximum": 9}}}
+CHOICES = ["yes", "no", "maybe so"]
+
+
+def text_of(outputs: list[GenerateOutput], model_dir: Path) -> str:
+    return Tokenizer.from_file(str(model_dir / "tokenizer.json")).decode(tokens(outputs), skip_special_tokens=True)
+
+
+def constrained(p: list[int], kind: StructuredKind, value: str) -> GenerateRequest:
+    # ignore_eos off: a completed constraint ends on EOS
+    return req(p, max_tokens=96, ignore_eos=False, structured_output=StructuredOutput(kind, value))
+
+
+async def test_json_schema_output_validates(agg: WorkerProcess, spec: BackendSpec, tiny_model_dir: Path) -> None:
+    if spec.structured_output:
+        pytest.skip(spec.structured_output)
+    outs = await agg.generate(constrained(prompt(70, 12), StructuredKind.JSON_SCHEMA, json.dumps(SCHEMA)))
+    text = text_of(outs, tiny_model_dir)
+    assert outs[-1].finish_reason in (FinishReason.EOS, FinishReason.STOP), f"unfinished: {text!r}"
+    jsonschema.validate(json.loads(text), SCHEMA)
+
+
+async def test_choice_output_is_one_of_the_choices(agg: WorkerProcess, spec: BackendSpec,
+                                                    tiny_model_dir: Path) -> None:
+    if spec.structured_output:
+        pytest.skip(spec.structured_output)
+    for seed in (71, 72):
+        outs = await agg.generate(constrained(prompt(seed, 12), StructuredKind.CHOICE, json.dumps(CHOICES)))
+        assert text_of(outs, tiny_model_dir) in CHOICES
+        assert outs[-1].finish_reason in (FinishReason.EOS, FinishReason.STOP)
+
+
+async def test_every_constraint_kind_is_honoured_or_refused(agg: WorkerProcess, spec: BackendSpec) -> None:
+    """A kind the worker cannot honour is INVALID_ARGUMENT naming it; every other kind runs to a
+    finish (never an error, never silently unconstrained: the validating tests above check that)."""
+    values = {"regex": "[ab]+", "grammar": 'root ::= "a"', "json_schema": json.dumps(SCHEMA),
+              "choice": json.dumps(CHOICES), "json_object": ""}
+    for kind, value in values.items():
+        request = constrained(prompt(73, 8), StructuredKind(kind), value)
+        if kind in spec.structured_refused:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await agg.generate(request, timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert kind in (err.value.details() or ""), "the refusal names what is not supported"
+        else:
+            outs = await agg.generate(request, timeout=60)
+            assert outs[-1].finish_reason in (FinishReason.EOS, FinishReason.STOP, FinishReason.LENGTH), kind
+
+
+async def test_logit_bias_of_100_forces_the_token_under_greedy(agg: WorkerProcess, spec: BackendSpec) -> None:
+    p = prompt(74, 10)
+    ref = tokens(await agg.generate(req(p, max_tokens=4)))
+    target = next(t for t in range(3, 1024) if t not in ref)
+    outs = await agg.generate(req(p, max_tokens=4, sampling=SamplingOptions(logit_bias={target: 100.0})))
+    if spec.logit_bias:  # an engine without logits (the mocker, the double): accepted, and the request runs
+        assert len(tokens(outs)) == 4 and outs[-1].finish_reason is not FinishReason.ERROR, spec.logit_bias
+        return
+    assert tokens(outs) == [target] * 4
 
 
 async def test_prefix_cache_and_kv_events(agg: WorkerProcess) -> None:
@@ -428,6 +497,7 @@ BAD_REQUESTS = [
     ("NaN top_p", lambda r: setattr(r.sampling, "top_p", float("nan")), "top_p"),
     ("negative penalty", lambda r: setattr(r.sampling, "repetition_penalty", -1.0), "repetition_penalty"),
     ("unknown model", lambda r: setattr(r, "model", "no-such-model"), "unknown model"),
+    ("logit_bias outside vocabulary", lambda r: setattr(r.sampling, "logit_bias", {1024: 1.0}), "logit_bias"),
     ("foreign disagg params", lambda r: setattr(r, "disaggregated_params", DisaggregatedParams("other", {})), "other"),
 ]
 
@@ -445,7 +515,7 @@ async def test_bad_input_is_invalid_argument(agg: WorkerProcess, case: tuple) ->
     assert len(tokens(good)) == 4
 
 
-@pytest.mark.parametrize("method, streaming", [("Generate", False)])
+@pytest.mark.parametrize("method, streaming", [("Generate", False), ("GenerateStream", True)])
 async def test_bytes_that_do_not_decode_are_invalid_argument(agg: WorkerProcess, method: str, streaming: bool) -> None:
     """Garbage where a protobuf message belongs: INVALID_ARGUMENT with one warning line in the
     worker's log (no UNKNOWN, no traceback), and the worker goes on serving."""

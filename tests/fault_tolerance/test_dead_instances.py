@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import openai
@@ -30,6 +32,8 @@ class Report:
     completed: int = 0
     failed: int = 0
     lost: int = 0
+    slowest_s: float = 0.0  # the longest a request took to end, whichever way it ended
+    errors: Counter[str] = field(default_factory=Counter)  # failed requests by HTTP status (or "stream")
 
     def __str__(self) -> str:
         return f"sent {self.sent}, completed {self.completed}, failed {self.failed}, lost {self.lost}"
@@ -44,6 +48,7 @@ async def drive(fe: FrontendProcess, model: str, requests: int, concurrency: int
     async def one(i: int) -> None:
         async with gate:
             report.sent += 1
+            t0 = time.monotonic()
             try:
                 async with asyncio.timeout(DEADLINE_S):
                     stream = await client.completions.create(model=model, prompt=f"request {i}", max_tokens=MAX_TOKENS,
@@ -58,8 +63,10 @@ async def drive(fe: FrontendProcess, model: str, requests: int, concurrency: int
                     report.lost += 1  # ended without its tokens and without an error
             except TimeoutError:
                 report.lost += 1
-            except openai.APIError:
-                report.failed += 1
+            except openai.APIError as e:
+                report.failed += 1  # a clear error: an HTTP status, or an error event mid-stream
+                report.errors[str(getattr(e, "status_code", "stream"))] += 1
+            report.slowest_s = max(report.slowest_s, time.monotonic() - t0)
 
     await asyncio.gather(*(one(i) for i in range(requests)))
     return report

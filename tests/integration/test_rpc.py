@@ -202,7 +202,7 @@ async def test_garbage_records_are_skipped(tmp_path: Path, caplog: pytest.LogCap
         # A later good record still arrives after the junk.
         second = await EchoServer(tmp_path).start()
         assert await watcher.wait_for(lambda inst: second.instance_id in inst, 5)
-    assert "malformed discovery record" in caplog.text
+    assert "skipping malformed instance record" in caplog.text and "junk3" in caplog.text
     await watcher.close()
     await second.stop()
     await server.stop()

@@ -41,6 +41,10 @@ class BackendSpec:
     plain_decode: bool = True
     clears_kv_cache: bool = True  # ClearKvBlocks drops the prefix cache (else: UNIMPLEMENTED)
     seeded_sampling: str | None = None  # None, or why a per-request seed does not reproduce a sample here
+    # None: json_schema and choice constraints hold (the output parses, validates, is a choice); else why not
+    structured_output: str | None = None
+    structured_refused: tuple[str, ...] = ()  # constraint kinds the worker refuses (INVALID_ARGUMENT)
+    logit_bias: str | None = None  # None: a +100 bias makes greedy output that token; else why it cannot
     # a module that prints the engine's own greedy output in-process, given its flags (the
     # reference for a worker of the same engine, beside the HF one): python -m MODULE FLAGS_JSON
     engine_reference: str | None = None
@@ -70,6 +74,8 @@ MOCKER = BackendSpec(
                         "--num-gpu-blocks", "4096", "--mocker-eos-rate", "0.05"],
     startup_timeout=60,
     real_weights=False,
+    structured_refused=("regex", "grammar"),
+    logit_bias="the mocker samples no logits: it accepts logit_bias and ignores it",
 )
 
 # The mocker handing KV over SGLang's way: prefill and decode run together and meet in a room.
@@ -80,14 +86,18 @@ MOCKER_BOOTSTRAP = BackendSpec(
     startup_timeout=60,
     role_args={"prefill": ["--disaggregation-handoff", "bootstrap"]},
     real_weights=False,
+    structured_refused=MOCKER.structured_refused,
+    logit_bias=MOCKER.logit_bias,
 )
 
 _VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "INFO",
              "VLLM_LOG_STATS_INTERVAL": "2"}
 VLLM = BackendSpec(
     name="vllm",
+    # compact JSON: random weights would otherwise fill a JSON constraint with whitespace forever
     args=lambda model: ["--model", str(model), "--dtype", "float32", "--enforce-eager",
-                        "--max-model-len", "1024", "--block-size", "32"],
+                        "--max-model-len", "1024", "--block-size", "32",
+                        "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'],
     startup_timeout=300,
     env={"agg": {**_VLLM_ENV, "VLLM_CPU_OMP_THREADS_BIND": "0"},
          "prefill": {**_VLLM_ENV, "VLLM_CPU_OMP_THREADS_BIND": "0"},
@@ -100,7 +110,7 @@ VLLM = BackendSpec(
 
 # TensorRT-LLM cannot be installed here: its adapter runs against a double of its LLM API
 # (tests/doubles/tensorrt_llm), and tests/gpu/ runs the same suite on the real engine.
-_TRTLLM_ARGS = ["--kv-block-size", "16", "--max-seq-len", "1024"]
+_TRTLLM_ARGS = ["--kv-block-size", "16", "--max-seq-len", "1024", "--guided-decoding-backend", "xgrammar"]
 # What engine_configs/trtllm/*/{prefill,decode}.yaml set for the roles, as an override.
 _TRTLLM_ROLE_ARGS = {
     "prefill": ["--override-engine-args", json.dumps({"disable_overlap_scheduler": True,
@@ -119,6 +129,8 @@ TRTLLM_DOUBLE = BackendSpec(
     double="runs against the TensorRT-LLM test double (no model numerics); tests/gpu/ runs the real engine",
     clears_kv_cache=False,
     plain_decode=False,
+    logit_bias="the double has no logits: it accepts embedding_bias and does not simulate it",
+    structured_refused=("grammar",),  # the double does not simulate grammar guides (the real engine takes them)
 )
 TRTLLM = BackendSpec(  # the real engine, where it is installed (a GPU machine: tests/gpu/README.md)
     name="trtllm",
@@ -156,13 +168,19 @@ SGLANG = BackendSpec(
                      "its CPU attention backend (torch_native) does not support"),
     engine_metric="sglang:max_total_num_tokens",
     engine_reference="tests.support.sglang_reference",
+    # Structured output needs SGLang's tokenizer (--enable-structured-output), which changes how its
+    # worker runs (SGLang detokenizes too); the CPU tier keeps the token-only worker and checks the
+    # refusal, the GPU run (SGLANG_GPU) the constraints.
+    structured_output="this suite's SGLang worker runs without --enable-structured-output",
+    structured_refused=("json_schema", "json_object", "regex", "choice", "grammar"),
 )
 
 SGLANG_GPU = BackendSpec(  # the real engine on a GPU machine, P/D over NIXL (tests/gpu/run_sglang.sh)
     name="sglang",
     variant="gpu",
     args=lambda model: ["--model-path", str(model), "--context-length", "1024", "--page-size", "16",
-                        "--mem-fraction-static", "0.25", "--disaggregation-transfer-backend", "nixl"],
+                        "--mem-fraction-static", "0.25", "--disaggregation-transfer-backend", "nixl",
+                        "--enable-structured-output", "--constrained-json-disable-any-whitespace"],
     startup_timeout=600,
     env={role: {"HF_HUB_OFFLINE": "1"} for role in ("agg", "prefill", "decode")},
     marks=(pytest.mark.sglang, pytest.mark.gpu),

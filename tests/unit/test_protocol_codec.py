@@ -19,6 +19,8 @@ from dynamo.llm.protocol import (
     OutputOptions,
     SamplingOptions,
     StopConditions,
+    StructuredKind,
+    StructuredOutput,
     TokenLogprob,
     Usage,
 )
@@ -38,6 +40,34 @@ def test_request_round_trip() -> None:
     assert back.sampling.temperature == pytest.approx(0.5)
     back.sampling = r.sampling  # floats travel as float32
     assert back == r
+
+
+@pytest.mark.parametrize("structured", [
+    StructuredOutput(StructuredKind.JSON_SCHEMA, '{"type": "object", "required": ["a"]}'),
+    StructuredOutput(StructuredKind.JSON_OBJECT),
+    StructuredOutput(StructuredKind.REGEX, "[a-z]+\\d"),
+    StructuredOutput(StructuredKind.CHOICE, '["yes", "no"]'),
+    StructuredOutput(StructuredKind.GRAMMAR, 'root ::= "a" | "b"'),
+], ids=lambda s: s.kind.value)
+def test_structured_output_and_logit_bias_round_trip(structured: StructuredOutput) -> None:
+    r = GenerateRequest("r", [1, 2], sampling=SamplingOptions(logit_bias={0: -100.0, 17: 2.5, 2**32 - 1: 100.0}),
+                        structured_output=structured)
+    back = codec.request_from_pb(pb.GenerateRequest.FromString(codec.request_to_pb(r).SerializeToString()))
+    assert back == r  # the biases are exact in float32
+
+
+def test_no_structured_output_and_no_bias_stay_none() -> None:
+    back = codec.request_from_pb(codec.request_to_pb(GenerateRequest("r", [1], sampling=SamplingOptions(logit_bias={}))))
+    assert back.structured_output is None and back.sampling.logit_bias is None
+
+
+@pytest.mark.parametrize("kind", [pb.StructuredOutput.KIND_UNSPECIFIED, 99])
+def test_unknown_structured_kind_is_invalid(kind: int) -> None:
+    m = pb.GenerateRequest(request_id="r", token_ids=[1])
+    m.structured_output.kind = kind  # type: ignore[assignment]  # an enum value a newer client may send
+    m.structured_output.value = "x"
+    with pytest.raises(InvalidRequest, match=f"structured_output.kind {kind} is not a constraint .*known: 1 \\(json_schema\\)"):
+        codec.request_from_pb(m)
 
 
 def test_unset_options_stay_unset() -> None:
@@ -91,6 +121,17 @@ def test_garbage_disaggregated_params_are_invalid() -> None:
     (lambda r: setattr(r.output, "logprobs", 21), "logprobs"),
     (lambda r: setattr(r, "model", "other"), "unknown model 'other'"),
     (lambda r: setattr(r, "request_id", ""), "request_id"),
+    (lambda r: setattr(r.sampling, "logit_bias", {5: 101.0}), r"logit_bias\[5\] = 101.0"),
+    (lambda r: setattr(r.sampling, "logit_bias", {5: math.nan}), "logit_bias"),
+    (lambda r: setattr(r.sampling, "logit_bias", {1024: 1.0}), "logit_bias token id 1024 is outside the vocabulary"),
+    (lambda r: setattr(r, "structured_output", StructuredOutput(StructuredKind.JSON_SCHEMA, "{nope")),
+     "must be JSON for json_schema"),
+    (lambda r: setattr(r, "structured_output", StructuredOutput(StructuredKind.JSON_SCHEMA, "[1]")),
+     "json_schema must be a JSON object"),
+    (lambda r: setattr(r, "structured_output", StructuredOutput(StructuredKind.CHOICE, "[]")), "non-empty JSON array"),
+    (lambda r: setattr(r, "structured_output", StructuredOutput(StructuredKind.CHOICE, '["a", 1]')), "of strings"),
+    (lambda r: setattr(r, "structured_output", StructuredOutput(StructuredKind.REGEX, "")), "regex must not be empty"),
+    (lambda r: setattr(r, "structured_output", StructuredOutput(StructuredKind.GRAMMAR, "")), "grammar must not be empty"),
 ])
 def test_validation_messages(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     r = GenerateRequest("r", [1, 2, 3], model="tiny", stop=StopConditions(max_tokens=10))

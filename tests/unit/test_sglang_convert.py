@@ -3,7 +3,9 @@ sampling_params, SGLang's streamed chunks back. Pure functions: no SGLang needed
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pytest
 
@@ -13,8 +15,17 @@ from dynamo.llm.protocol import (
     InvalidRequest,
     SamplingOptions,
     StopConditions,
+    StructuredKind,
+    StructuredOutput,
 )
-from dynamo.sglang.convert import abort_message, finish_reason_of, logprobs_of, sampling_params_for
+from dynamo.sglang.args import serves_structured_output
+from dynamo.sglang.convert import (
+    abort_message,
+    choice_regex,
+    finish_reason_of,
+    logprobs_of,
+    sampling_params_for,
+)
 
 
 def request(sampling: SamplingOptions | None = None, **stop: object) -> GenerateRequest:
@@ -75,3 +86,44 @@ def test_logprobs_are_sliced_per_chunk_and_ranked() -> None:
     assert lps[0].top == [(11, -0.5), (40, -0.9)] and lps[1].top == [(50, -1.2), (12, -1.5)]
     missing = logprobs_of({}, [7], 1)
     assert math.isnan(missing[0].logprob) and missing[0].top == []
+
+
+GRAMMAR_KEYS = ("json_schema", "regex", "ebnf", "structural_tag")
+
+
+@pytest.mark.parametrize("kind, value, key, expected", [
+    (StructuredKind.JSON_SCHEMA, '{"type": "object", "required": ["a"]}', "json_schema",
+     '{"type": "object", "required": ["a"]}'),
+    (StructuredKind.JSON_OBJECT, "", "json_schema", '{"type": "object"}'),  # as SGLang's own OpenAI server
+    (StructuredKind.REGEX, "[a-c]{3}", "regex", "[a-c]{3}"),
+    (StructuredKind.CHOICE, '["yes", "no"]', "regex", "(yes|no)"),
+    (StructuredKind.GRAMMAR, 'root ::= "hi" | "ho"', "ebnf", 'root ::= "hi" | "ho"'),
+])
+def test_structured_output_maps_to_one_sglang_grammar_key(kind: StructuredKind, value: str, key: str,
+                                                          expected: str) -> None:
+    params = sampling_params_for(GenerateRequest("r", [5], structured_output=StructuredOutput(kind, value)))
+    assert params[key] == expected
+    assert [k for k in GRAMMAR_KEYS if k in params] == [key]  # SGLang refuses more than one
+
+
+def test_choice_regex_escapes_and_matches_only_the_choices() -> None:
+    choices = ["a.b", "(x)", "1+1", "", "yes|no", "ünï"]
+    pattern = re.compile(choice_regex(choices))
+    assert all(pattern.fullmatch(c) for c in choices)
+    assert not any(pattern.fullmatch(s) for s in ("aXb", "x", "11", "yes", "no", "a.b(x)"))
+    params = sampling_params_for(GenerateRequest("r", [5], structured_output=StructuredOutput(
+        StructuredKind.CHOICE, json.dumps(choices))))
+    assert params["regex"] == choice_regex(choices)
+
+
+def test_logit_bias_keys_are_strings_for_sglang() -> None:
+    params = sampling_params_for(request(SamplingOptions(logit_bias={7: 100.0, 12: -3.5})))
+    assert params["logit_bias"] == {"7": 100.0, "12": -3.5}  # SamplingParams.logit_bias: Dict[str, float]
+    assert "logit_bias" not in sampling_params_for(request())
+
+
+def test_structured_output_needs_sglangs_tokenizer_and_a_grammar_backend() -> None:
+    assert "--enable-structured-output" in (serves_structured_output({"skip_tokenizer_init": True}) or "")
+    assert "--grammar-backend none" in (serves_structured_output({"skip_tokenizer_init": False,
+                                                                  "grammar_backend": "none"}) or "")
+    assert serves_structured_output({"skip_tokenizer_init": False, "grammar_backend": None}) is None

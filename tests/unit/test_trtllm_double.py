@@ -422,3 +422,50 @@ async def test_concurrent_requests(model_dir: Path) -> None:
         results = await asyncio.gather(*(llm.generate_async([200 + i] * 5, params(max_tokens=5)) for i in range(8)))
         assert len({r.request_id for r in results}) == 8
         assert all(len(r.outputs[0].token_ids) == 5 for r in results)
+
+
+# -- guided decoding (simulated: _double_guided) -----------------------------------------------------------
+
+GuidedDecodingParams = _llmapi.GuidedDecodingParams
+SCHEMA = {"type": "object", "required": ["ok", "n"], "additionalProperties": False,
+          "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 2}}}
+
+
+def test_guided_decoding_params_as_real() -> None:
+    g = GuidedDecodingParams(regex="[ab]+")
+    assert (g.json, g.regex, g.grammar, g.json_object, g.structural_tag) == (None, "[ab]+", None, False, None)
+    with pytest.raises(ValueError, match="Only one guide can be used for a request, but got 2"):
+        params(guided_decoding=GuidedDecodingParams(json="{}", regex="a"))
+    with pytest.raises(TypeError):
+        GuidedDecodingParams("[ab]+")  # keyword-only, as the real dataclass
+
+
+async def test_a_guided_backend_makes_the_output_satisfy_the_guide(model_dir: Path) -> None:
+    import jsonschema
+
+    with make_llm(model_dir, skip_tokenizer_init=False, guided_decoding_backend="xgrammar") as llm:
+        tok = llm.tokenizer
+
+        async def text(guide: object, **kw: object) -> tuple[str, str | None]:
+            out = (await llm.generate_async(PROMPT, params(max_tokens=64, guided_decoding=guide, **kw))).outputs[0]
+            return tok.decode(out.token_ids, skip_special_tokens=True), out.finish_reason
+
+        value, reason = await text(GuidedDecodingParams(json=json.dumps(SCHEMA)))
+        jsonschema.validate(json.loads(value), SCHEMA)
+        assert reason == "stop"  # then EOS, the only token a completed guide allows
+        assert await text(GuidedDecodingParams(json_object=True)) == ("{}", "stop")
+        picks = {(await text(GuidedDecodingParams(regex="(red|green|blue)"), temperature=1.0, seed=s))[0]
+                 for s in range(10)}
+        assert picks <= {"red", "green", "blue"} and len(picks) > 1
+        matched, _ = await text(GuidedDecodingParams(regex=r"[a-c]{3}\d+x?"))
+        assert __import__("re").fullmatch(r"[a-c]{3}\d+x?", matched)
+        with pytest.raises(ValueError, match="does not simulate grammar guides"):
+            llm.generate_async(PROMPT, params(guided_decoding=GuidedDecodingParams(grammar='root ::= "a"')))
+
+
+async def test_without_a_guided_backend_the_guide_has_no_effect(model_dir: Path) -> None:
+    with make_llm(model_dir) as llm:
+        guided = await llm.generate_async(PROMPT, params(max_tokens=8, guided_decoding=GuidedDecodingParams(
+            json_object=True)))
+        plain = await llm.generate_async(PROMPT, params(max_tokens=8))
+        assert guided.outputs[0].token_ids == plain.outputs[0].token_ids

@@ -185,3 +185,47 @@ def test_sampling_params_translation(trtllm_double: None) -> None:
     with pytest.raises(InvalidRequest, match="top_p"):
         sampling_params_for(GenerateRequest("r", [1], sampling=SamplingOptions(temperature=1.0, top_p=1.5)),
                             SamplingParams)
+
+
+def test_guided_decoding_flag_reaches_the_llm_arguments() -> None:
+    args = targs.flag_llm_args(parse(["--model-path", "/m", "--guided-decoding-backend", "xgrammar"]))
+    assert args["guided_decoding_backend"] == "xgrammar"
+    assert "guided_decoding_backend" not in targs.flag_llm_args(parse(["--model-path", "/m"]))
+
+
+@pytest.mark.parametrize("kind, value, expected", [
+    ("json_schema", '{"type": "object"}', {"json": '{"type": "object"}'}),
+    ("json_object", "", {"json_object": True}),
+    ("regex", "[a-c]{3}", {"regex": "[a-c]{3}"}),
+    ("choice", '["yes", "n.o"]', {"regex": "(yes|n\\.o)"}),
+    ("grammar", 'root ::= "hi"', {"grammar": 'root ::= "hi"'}),
+])
+def test_structured_output_becomes_guided_decoding(trtllm_double: None, kind: str, value: str,
+                                                   expected: dict[str, object]) -> None:
+    from tensorrt_llm import SamplingParams
+    from tensorrt_llm.sampling_params import GuidedDecodingParams
+
+    from dynamo.llm.protocol import StructuredKind, StructuredOutput
+    from dynamo.trtllm.convert import sampling_params_for
+
+    request = GenerateRequest("r", [1], structured_output=StructuredOutput(StructuredKind(kind), value))
+    params = sampling_params_for(request, SamplingParams, guided_decoding_params_cls=GuidedDecodingParams)
+    assert params.guided_decoding == GuidedDecodingParams(**expected)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="GuidedDecodingParams"):
+        sampling_params_for(request, SamplingParams)
+
+
+def test_logit_bias_becomes_a_dense_embedding_bias(trtllm_double: None) -> None:
+    import torch
+    from tensorrt_llm import SamplingParams
+
+    from dynamo.llm.protocol import SamplingOptions
+    from dynamo.trtllm.convert import embedding_bias_for, sampling_params_for
+
+    dense = embedding_bias_for({2: 100.0, 5: -1.5}, 8)
+    assert dense == [0.0, 0.0, 100.0, 0.0, 0.0, -1.5, 0.0, 0.0]
+    with pytest.raises(InvalidRequest, match="logit_bias token id 8 is outside the vocabulary"):
+        embedding_bias_for({8: 1.0}, 8)
+    request = GenerateRequest("r", [1], sampling=SamplingOptions(logit_bias={2: 100.0}))
+    params = sampling_params_for(request, SamplingParams, embedding_bias=torch.tensor(dense, dtype=torch.float32))
+    assert params.embedding_bias.dtype == torch.float32 and params.embedding_bias.tolist() == dense

@@ -45,6 +45,12 @@ def add_worker_args(parser: argparse.ArgumentParser, env: Environ | None = None)
                  env=env, group=g, switch=True,
                  help="decode role: prefill locally when the remote prefill fails, instead of failing")
     add_transport_arg(parser, env, g)
+    add_env_flag(parser, "--dyn-tool-call-parser", env_var="DYN_TOOL_CALL_PARSER", default=None, env=env,
+                 group=g, help="published in the model card: how the frontend finds tool calls in this model's "
+                               "output (hermes, llama3_json, mistral, pythonic)")
+    add_env_flag(parser, "--dyn-reasoning-parser", env_var="DYN_REASONING_PARSER", default=None, env=env,
+                 group=g, help="published in the model card: how the frontend splits this model's reasoning "
+                               "from its answer (deepseek_r1, qwen3)")
     add_env_flag(parser, "--canary-interval", env_var="DYN_CANARY_INTERVAL", default=30.0, env=env, group=g,
                  type=float_range(0.0),
                  help="seconds of idleness after which a 1-token canary request checks the engine really "
@@ -61,6 +67,8 @@ class WorkerConfig:
     prefill_fallback_local: bool = False
     request_transport: str = DEFAULT_TRANSPORT  # to prefill workers
     canary_interval: float = 30.0
+    tool_call_parser: str | None = None  # for the model card
+    reasoning_parser: str | None = None
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> WorkerConfig:
@@ -87,4 +95,5 @@ class WorkerConfig:
         return cls(runtime=runtime, role=role, address=address,
                    max_local_prefill_length=ns.max_local_prefill_length,
                    prefill_timeout=ns.prefill_timeout, prefill_fallback_local=ns.prefill_fallback_local,
-                   request_transport=ns.request_transport, canary_interval=ns.canary_interval)
+                   request_transport=ns.request_transport, canary_interval=ns.canary_interval,
+                   tool_call_parser=ns.dyn_tool_call_parser, reasoning_parser=ns.dyn_reasoning_parser)

@@ -94,6 +94,9 @@ async def _serve(engine: LLMEngine, config: WorkerConfig) -> int:
         runtime.install_signal_handlers()  # an engine may have taken the loop's handlers while starting (SGLang does)
         card = build_card(source, info, config.role, engine.name, runtime.advertise_host(),
                           engine.accepts_remote_prefill)
+        card.tool_call_parser, card.reasoning_parser = config.tool_call_parser, config.reasoning_parser
+        # the frontend hands this decode worker a request whose prefill worker failed mid-prefill
+        card.prefill_fallback_local = config.role is Role.DECODE and config.prefill_fallback_local
         prefill_group = None
         if config.role is Role.DECODE:
             pool = ModelPool(runtime.discovery, config.runtime.namespace, config.request_transport)

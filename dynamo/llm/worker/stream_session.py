@@ -23,6 +23,7 @@ import grpc
 from dynamo.llm import codec
 from dynamo.llm.proto import worker_pb2 as pb
 from dynamo.llm.protocol import GenerateOutput
+from dynamo.runtime.rpc.server import Malformed
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,11 @@ class StreamSession:
             async for msg in requests:
                 if self._write_error is not None:
                     break
+                if isinstance(msg, Malformed):  # garbage from the client: its error, said once
+                    log.warning("GenerateStream from %s: a message that does not decode (%s); refused",
+                                self._context.peer(), msg.error)
+                    await self._context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                              f"the request message does not decode as a StreamRequest: {msg.error}")
                 if not msg.items and not self._warned_empty:
                     # What a client built for the older worker.proto (one request per message,
                     # no `items`) sends: without this line its requests would vanish silently.

@@ -6,7 +6,10 @@ than etcd3aio's, because its helpers do not survive an etcd that comes back with
 - the keep-alive loop: when etcd says the lease is gone, take a new lease and put every key again;
 - the watch loop: on any stream failure, list the prefix again and emit the differences, then
   watch from the listed revision (etcd3aio would resume at the old revision, which a fresh etcd
-  has not reached yet).
+  has not reached yet). When etcd came back without its data (its revision went back), the keys
+  that vanished are deleted only if their owners have not put them again after a grace of one
+  lease TTL (plus a retry): live owners re-put within a second or two, and a watcher that listed
+  first would otherwise drop every live key for that long (a frontend: every worker).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from etcd3aio.lease import LeaseService
 
 from dynamo.runtime.config import TlsConfig
 
+from . import malformed
 from .base import Discovery, DiscoveryError, WatchEvent, WatchEventType
 
 log = logging.getLogger(__name__)
@@ -333,6 +337,7 @@ class EtcdDiscovery(Discovery):
         known: dict[str, bytes] = {}
         backoff = _RETRY_MIN_S
         outage_since: float | None = None
+        seen = [0]  # the newest revision this watch has seen (a list: _watch_from updates it)
         while not self._closed:
             try:
                 snapshot, revision = await self._range(prefix)
@@ -343,11 +348,23 @@ class EtcdDiscovery(Discovery):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _RETRY_MAX_S)
                 continue
+            vanished = [k for k in known if k not in snapshot]
+            if revision < seen[0] and vanished:
+                # etcd lost its data: give the owners of the vanished keys time to put them again
+                # (their keep-alive finds the lease gone) before believing they are gone.
+                grace = self._lease_ttl + _RETRY_MAX_S
+                log.warning("discovery: etcd came back without its data (revision %d, was %d); waiting %.0f s "
+                            "for the owners of %d vanished key(s) under %r to put them again",
+                            revision, seen[0], grace, len(vanished), prefix)
+                seen[0] = revision  # once per loss
+                await asyncio.sleep(grace)
+                continue
+            seen[0] = max(seen[0], revision)
             if outage_since is not None:
                 log.info("discovery: watch on %r resumed after %.1f s", prefix, time.monotonic() - outage_since)
                 outage_since = None
             backoff = _RETRY_MIN_S
-            for key in [k for k in known if k not in snapshot]:
+            for key in vanished:
                 del known[key]
                 yield WatchEvent(WatchEventType.DELETE, key)
             for key, value in snapshot.items():
@@ -356,7 +373,7 @@ class EtcdDiscovery(Discovery):
                     yield WatchEvent(WatchEventType.PUT, key, value)
             try:
                 # aclosing: cancelling our consumer must end the gRPC stream now, not at GC.
-                async with contextlib.aclosing(self._watch_from(prefix, revision + 1)) as events:
+                async with contextlib.aclosing(self._watch_from(prefix, revision + 1, seen)) as events:
                     async for event in events:
                         if event.type == WatchEventType.PUT:
                             assert event.value is not None
@@ -374,7 +391,8 @@ class EtcdDiscovery(Discovery):
                             prefix, _describe(exc))
                 await asyncio.sleep(backoff)
 
-    async def _watch_from(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent, None]:
+    async def _watch_from(self, prefix: str, start_revision: int, seen: list[int]) -> AsyncGenerator[WatchEvent, None]:
+        """Events under `prefix` from `start_revision` on; `seen[0]` follows the revisions etcd reports."""
         assert self._watch_stub is not None
         create = WatchCreateRequest(key=prefix.encode(), range_end=prefix_range_end(prefix),
                                     start_revision=start_revision)
@@ -392,6 +410,7 @@ class EtcdDiscovery(Discovery):
             async for resp in call:
                 if resp.canceled:  # e.g. the revision was compacted away: list again
                     raise _StreamEnded(f"etcd cancelled the watch ({resp.cancel_reason or 'no reason given'})")
+                seen[0] = max(seen[0], resp.header.revision)
                 for ev in resp.events:
                     key = _decode_key(ev.kv.key)
                     if key is None:
@@ -406,17 +425,12 @@ class EtcdDiscovery(Discovery):
             call.cancel()
 
 
-_warned_keys: set[bytes] = set()
-
-
 def _decode_key(raw: bytes) -> str | None:
-    """Keys are UTF-8 text; a key that is not cannot be one of ours: skip it (warn once)."""
+    """Keys are UTF-8 text; a key that is not cannot be one of ours: skip it (counted, warned once)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        if raw not in _warned_keys and len(_warned_keys) < 1000:
-            _warned_keys.add(raw)
-            log.warning("discovery: skipping etcd key %r: not UTF-8 text", raw)
+        malformed.skip("key", repr(raw), raw, "not UTF-8 text")
         return None
 
 

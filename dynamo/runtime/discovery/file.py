@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from . import malformed
 from .base import Discovery, DiscoveryError, WatchEvent, WatchEventType
 
 log = logging.getLogger(__name__)
@@ -154,11 +155,11 @@ class _Scanner:
             if key_to_name(rec.key) != version[0]:
                 raise ValueError(f"record key {rec.key!r} does not match the file name")
         except ValueError as exc:
-            log.warning(
-                "discovery: skipping %s (%d bytes): not a valid record: %s; delete the file if it is junk",
-                path, len(data), exc,
-            )
+            malformed.skip("file", path, data, f"{len(data)} bytes, not a valid record: {exc}; "
+                                                "delete the file if it is junk")
             rec = None
+        else:
+            malformed.forget("file", path)
         self._cache[version] = rec
         return rec
 

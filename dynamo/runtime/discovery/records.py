@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dynamo.runtime.discovery import malformed
 from dynamo.runtime.discovery.base import Discovery, WatchEventType
 from dynamo.runtime.identity import INSTANCES_ROOT, EndpointAddress
 
@@ -111,7 +112,6 @@ class InstanceWatcher:
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[str, InstanceRecord | None], None]] = []
         self._synced = asyncio.Event()
-        self._warned: set[tuple[str, bytes]] = set()
 
     @classmethod
     def for_endpoint(cls, discovery: Discovery, address: EndpointAddress) -> InstanceWatcher:
@@ -167,10 +167,9 @@ class InstanceWatcher:
         try:
             rec = InstanceRecord.from_json(raw)
         except ValueError as e:
-            if (key, raw) not in self._warned:
-                self._warned.add((key, raw))
-                log.warning("skipping malformed discovery record at %s: %s", key, e)
+            malformed.skip("record", key, raw, str(e))
             return
+        malformed.forget("record", key)
         old_id = self._by_key.get(key)
         if old_id is not None and old_id != rec.instance_id:
             self._instances.pop(old_id, None)
@@ -181,6 +180,7 @@ class InstanceWatcher:
             self._notify(rec.instance_id, rec)
 
     def _apply_delete(self, key: str) -> None:
+        malformed.forget("record", key)
         instance_id = self._by_key.pop(key, None)
         if instance_id is not None and self._instances.pop(instance_id, None) is not None:
             self._notify(instance_id, None)

@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dynamo.runtime.discovery.base import Discovery
 from dynamo.runtime.discovery.records import InstanceRecord, InstanceWatcher
@@ -21,6 +22,10 @@ log = logging.getLogger(__name__)
 # How long an instance that refused a connection stays out of rotation: past the discovery TTL, so
 # a dead one is gone from discovery before it could be tried again; a live one (a blip) comes back.
 UNREACHABLE_HOLD_S = 30.0
+# A held-out instance is asked for its grpc.health.v1 status this often (each probe with this
+# deadline); SERVING puts it back in rotation before its hold ends (a stopped worker resumed).
+HEALTH_PROBE_INTERVAL_S = 1.0
+HEALTH_PROBE_TIMEOUT_S = 2.0
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 10_000),
@@ -91,6 +96,8 @@ class EndpointClient:
         self._callables: dict[tuple[object, ...], grpc.aio.UnaryStreamMultiCallable] = {}
         self._inflight: dict[str, int] = {}
         self._held: dict[str, float] = {}  # instance id -> when it may be tried again (monotonic)
+        self._probes: dict[str, asyncio.Task[None]] = {}  # instance id -> its health probe while held
+        self.probe_interval = HEALTH_PROBE_INTERVAL_S  # 0: no probes, holds end by time alone
         self._rr = itertools.count()
 
     async def start(self) -> EndpointClient:
@@ -114,13 +121,50 @@ class EndpointClient:
             recs = [r for r in recs if r.instance_id not in self._held]
         return sorted(recs, key=lambda r: r.instance_id)
 
-    def hold_out(self, instance_id: str, seconds: float = UNREACHABLE_HOLD_S) -> None:
+    def hold_out(self, instance_id: str, seconds: float = UNREACHABLE_HOLD_S, *,
+                 why: str = "is unreachable") -> None:
         """Take an instance that did not answer out of rotation now, not when its discovery record
-        expires (a SIGKILLed worker's stays for its TTL)."""
+        expires (a SIGKILLed worker's stays for its TTL). It comes back when the hold ends, or
+        earlier when its health probe answers SERVING (a blip, a stopped process resumed)."""
         if instance_id not in self._held:
-            log.warning("instance %s of %s is unreachable: out of rotation for %.0f s (or until it leaves "
-                        "discovery)", instance_id, self.address, seconds)
+            log.warning("instance %s of %s %s: out of rotation for up to %.0f s (until it answers health "
+                        "checks or leaves discovery)", instance_id, self.address, why, seconds)
         self._held[instance_id] = time.monotonic() + seconds
+        if self.probe_interval > 0 and instance_id not in self._probes:
+            self._probes[instance_id] = asyncio.get_running_loop().create_task(
+                self._probe(instance_id), name=f"health probe {instance_id}")
+
+    def held(self) -> list[str]:
+        """Instances out of rotation now."""
+        now = time.monotonic()
+        return sorted(i for i, until in self._held.items() if until > now)
+
+    async def _probe(self, instance_id: str) -> None:
+        """While the instance is held out: a health check every probe_interval; SERVING ends the hold."""
+        try:
+            while True:
+                await asyncio.sleep(self.probe_interval)
+                until = self._held.get(instance_id)
+                record = self._watcher.get(instance_id)
+                if until is None or until <= time.monotonic() or record is None:
+                    return  # the hold ended (or the instance left discovery): nothing to probe
+                if await self.healthy(record):
+                    self._held.pop(instance_id, None)
+                    log.info("instance %s of %s answers health checks again: back in rotation",
+                             instance_id, self.address)
+                    return
+        finally:
+            if self._probes.get(instance_id) is asyncio.current_task():
+                del self._probes[instance_id]
+
+    async def healthy(self, record: InstanceRecord, timeout: float = HEALTH_PROBE_TIMEOUT_S) -> bool:
+        """The instance's grpc.health.v1 overall status is SERVING (answered within `timeout`)."""
+        stub = health_pb2_grpc.HealthStub(self.channel(record))
+        try:
+            resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
     def inflight(self, instance_id: str) -> int:
         return self._inflight.get(instance_id, 0)
@@ -203,6 +247,10 @@ class EndpointClient:
 
     def _on_change(self, instance_id: str, record: InstanceRecord | None) -> None:
         if record is None:
+            self._held.pop(instance_id, None)
+            probe = self._probes.pop(instance_id, None)
+            if probe is not None:
+                probe.cancel()
             for key in [k for k in self._callables if k[0] == instance_id]:
                 del self._callables[key]
             ch = self._channels.pop(instance_id, None)
@@ -211,6 +259,10 @@ class EndpointClient:
                 asyncio.get_running_loop().create_task(ch.close(grace=5.0))
 
     async def close(self) -> None:
+        probes, self._probes = list(self._probes.values()), {}
+        for probe in probes:
+            probe.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
         if self._owns_watcher:
             await self._watcher.close()
         channels, self._channels = list(self._channels.values()), {}

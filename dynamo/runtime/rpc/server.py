@@ -67,7 +67,7 @@ class RpcServer:
         self._local_socket_path = local_socket_path if self.tls is None else None
         self.local_socket: Path | None = None  # once listening there
         self.draining = False
-        self._server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[_MalformedGate(), _DrainGate(self)])
+        self._server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MalformedGate(), _DrainGate(self)])
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._service_names: list[str] = []
@@ -181,8 +181,9 @@ class _DrainGate(grpc.aio.ServerInterceptor):
         return handler
 
 
-class _Malformed:
-    """A request message that did not decode (the client's bytes, not our bug)."""
+class Malformed:
+    """A request message that did not decode (the client's bytes, not our bug). A request-streaming
+    handler receives it in place of a message and ends the call with INVALID_ARGUMENT."""
 
     def __init__(self, error: Exception) -> None:
         self.error = error
@@ -196,32 +197,38 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
         try:
             return deserialize(data)
         except Exception as e:  # protobuf's DecodeError, or anything a custom deserializer raises
-            return _Malformed(e)
+            return Malformed(e)
     return parse
 
 
-class _MalformedGate(grpc.aio.ServerInterceptor):
+class MalformedGate(grpc.aio.ServerInterceptor):
     """A request message that does not decode ends its call with INVALID_ARGUMENT and one warning
     line, not grpc's UNKNOWN and a traceback: garbage from a client is the client's error, and the
     server goes on serving everyone else."""
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
-        if handler is None or handler.request_streaming:
-            # Streaming requests (GenerateStream) stay unwrapped: a wrapper there sits on every
-            # message of the hot path and changed its timing; grpc answers their garbage UNKNOWN.
+        if handler is None:
             return handler
+        if handler.request_streaming:
+            # Only the deserializer is wrapped (one function call per message, no wrapper around
+            # the handler on the hot path): the handler sees a Malformed and refuses the call.
+            make_streaming = (grpc.stream_stream_rpc_method_handler if handler.response_streaming
+                              else grpc.stream_unary_rpc_method_handler)
+            behavior = handler.stream_stream if handler.response_streaming else handler.stream_unary
+            return make_streaming(behavior, request_deserializer=_tolerant(handler.request_deserializer),
+                                  response_serializer=handler.response_serializer)
         method = details.method
         kind = "unary_stream" if handler.response_streaming else "unary_unary"
         behavior = getattr(handler, kind)
 
-        async def refuse(context: grpc.aio.ServicerContext, bad: _Malformed) -> None:
+        async def refuse(context: grpc.aio.ServicerContext, bad: Malformed) -> None:
             log.warning("%s: a request message that does not decode (%s); refused", method, bad.error)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"the request message does not decode as the method's type: {bad.error}")
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Malformed):
+            if isinstance(request, Malformed):
                 await refuse(context, request)
             result = behavior(request, context)
             if inspect.isasyncgen(result):

@@ -117,3 +117,21 @@ def test_engine_config_files_load_with_sglangs_own_merger(path: Path) -> None:
     assert args["page_size"] == 32 and args["context_length"] > 0 and 0 < args["mem_fraction_static"] < 1
     if path.stem != "agg":
         assert args["disaggregation_transfer_backend"] == "nixl" and args["disaggregation_mode"] == path.stem
+
+
+def test_structured_output_keeps_sglangs_tokenizer_and_is_refused_without_it() -> None:
+    from dynamo.llm.model_card import ModelSource
+    from dynamo.llm.protocol import GenerateRequest, InvalidRequest, StructuredKind, StructuredOutput
+
+    with_grammar, _ = parse("--model-path", "/m", "--enable-structured-output")
+    assert with_grammar["skip_tokenizer_init"] is False  # SGLang's grammar backend needs its tokenizer
+    plain, _ = parse("--model-path", "/m")
+    engine = SGLangEngine(plain, ModelSource("m", "/m", "/m"))
+    engine._vocab_size = 1024  # what start() reads from the engine
+    request = GenerateRequest("r", [5, 6], structured_output=StructuredOutput(StructuredKind.REGEX, "[ab]+"))
+    with pytest.raises(InvalidRequest, match="structured_output .regex. is not supported here: .*"
+                                             "start it with --enable-structured-output"):
+        engine._check(request)
+    served = SGLangEngine(with_grammar, ModelSource("m", "/m", "/m"))
+    served._vocab_size = 1024
+    served._check(request)  # SGLang's grammar backend takes it from here

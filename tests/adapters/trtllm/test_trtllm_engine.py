@@ -117,3 +117,35 @@ async def test_prefill_then_decode_equals_aggregated(tiny_model_dir: Path, trtll
     finally:
         await prefill.shutdown()
         await decode.shutdown()
+
+
+async def test_structured_output_needs_a_guided_backend_and_then_holds(tiny_model_dir: Path,
+                                                                      trtllm_double: None) -> None:
+    import json
+
+    import jsonschema
+    from tokenizers import Tokenizer
+
+    from dynamo.llm.protocol import InvalidRequest, SamplingOptions, StructuredKind, StructuredOutput
+
+    schema = {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}
+    constrained = dataclasses.replace(req("s", list(range(5, 25)), 64),
+                                      structured_output=StructuredOutput(StructuredKind.JSON_SCHEMA, json.dumps(schema)),
+                                      sampling=SamplingOptions(logit_bias={7: 5.0}))  # accepted as embedding_bias
+    plain = build(tiny_model_dir, Role.AGGREGATED)
+    await plain.start()
+    try:
+        with pytest.raises(InvalidRequest, match="no guided decoding backend; start it with --guided-decoding-backend"):
+            await collect(plain.generate(constrained))
+    finally:
+        await plain.shutdown()
+    guided = build(tiny_model_dir, Role.AGGREGATED, "--guided-decoding-backend", "xgrammar")
+    await guided.start()
+    try:
+        outs = await collect(guided.generate(dataclasses.replace(constrained, stop=StopConditions(max_tokens=64))))
+        ids = [t for o in outs for t in o.token_ids]
+        text = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json")).decode(ids, skip_special_tokens=True)
+        jsonschema.validate(json.loads(text), schema)
+        assert outs[-1].finish_reason is FinishReason.EOS
+    finally:
+        await guided.shutdown()

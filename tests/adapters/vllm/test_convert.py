@@ -27,6 +27,8 @@ from dynamo.llm.protocol import (
     KvEventKind,
     SamplingOptions,
     StopConditions,
+    StructuredKind,
+    StructuredOutput,
 )
 from dynamo.vllm import args as vargs
 from dynamo.vllm.convert import finish_reason_of, sampling_params_for
@@ -124,6 +126,26 @@ def test_sampling_params_translation() -> None:
 
     with pytest.raises(InvalidRequest, match="top_p"):
         sampling_params_for(request(sampling=SamplingOptions(temperature=1.0, top_p=0.0)))
+
+
+@pytest.mark.parametrize("kind, value, field, expected", [
+    (StructuredKind.JSON_SCHEMA, '{"type": "object"}', "json", '{"type": "object"}'),
+    (StructuredKind.JSON_OBJECT, "", "json_object", True),
+    (StructuredKind.REGEX, "[a-c]{3}", "regex", "[a-c]{3}"),
+    (StructuredKind.CHOICE, '["yes", "no"]', "choice", ["yes", "no"]),
+    (StructuredKind.GRAMMAR, 'root ::= "hi"', "grammar", 'root ::= "hi"'),
+])
+def test_structured_output_and_logit_bias_translation(kind: StructuredKind, value: str, field: str,
+                                                       expected: object) -> None:
+    params = sampling_params_for(request(structured_output=StructuredOutput(kind, value),
+                                         sampling=SamplingOptions(logit_bias={7: 100.0, 9: -2.5})))
+    so = params.structured_outputs
+    assert so is not None and getattr(so, field) == expected
+    others = {"json", "json_object", "regex", "choice", "grammar", "structural_tag"} - {field}
+    assert all(getattr(so, name) is None for name in others)  # vLLM takes exactly one constraint
+    assert params.logit_bias == {7: 100.0, 9: -2.5}
+    plain = sampling_params_for(request())
+    assert plain.structured_outputs is None and plain.logit_bias is None
 
 
 def test_prefill_and_decode_requests_carry_kv_transfer_params() -> None:

@@ -42,6 +42,11 @@ KV events (when ``event_buffer_max_size > 0`` and ``enable_block_reuse``)
     max_attention_window[0] or max_seq_len.
 Stats (when ``enable_iter_perf_stats``)
     One dict per iteration that ran requests, with the C++ ``IterationStats`` JSON keys.
+Guided decoding (``_double_guided``)
+    With ``guided_decoding_backend`` set (the real executor then builds its GuidedDecoder, which needs the
+    tokenizer) a request's ``guided_decoding`` fixes its output: the token ids of one text that satisfies
+    the guide, then the model's EOS at every later position. Without a backend it has no effect, as in
+    the real executor. ``embedding_bias`` is accepted and not simulated (there are no logits).
 Disaggregation
     A context-only request returns one token (finish_reason 'length', or 'stop' when it is end_id / a stop
     word) and ``DisaggregatedParams(request_type="context_only", first_gen_tokens=[t0], ctx_request_id=id,
@@ -77,6 +82,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from . import _double_guided
 from .bindings import executor as tllm
 from .disaggregated_params import DisaggregatedParams
 from .executor.executor import GenerationExecutor
@@ -353,6 +359,7 @@ class _Req:
     salt: Optional[int]
     arrival: float
     prompt_digest: bytes = b""
+    forced: Optional[list[int]] = None  # a guided request's output (see _double_guided)
     generated: list[int] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)
     cum_logprob: float = 0.0
@@ -383,7 +390,12 @@ class _Req:
 class _Engine:
     """The simulated PyExecutor: request queue, stepping thread, block pool, stats and events."""
 
-    def __init__(self, args: "TorchLlmArgs", model: ModelInfo, executor: "DoubleExecutor") -> None:
+    def __init__(self, args: "TorchLlmArgs", model: ModelInfo, executor: "DoubleExecutor",
+                 tokenizer: Any = None) -> None:
+        if args.guided_decoding_backend is not None:
+            assert tokenizer is not None  # as create_py_executor's guided decoding config asserts
+        self.guided = args.guided_decoding_backend is not None
+        self.tokenizer = tokenizer
         self.step_s = float(os.environ.get(ENV_STEP_MS, "2")) / 1000.0
         self.eos_rate = float(os.environ.get(ENV_EOS_RATE, "0.03"))
         self.model = model
@@ -438,6 +450,7 @@ class _Engine:
                        min_tokens=int(sp.min_tokens or 0), stop_words=sp._get_stop_words(),
                        logprobs_k=int(sp.logprobs or 0),
                        perf=bool(sp.return_perf_metrics), salt=request.cache_salt_id, arrival=time.monotonic())
+            req.forced = self._guided_ids(sp, req)
             self._next_req_id = (self._next_req_id + 1) & ((1 << 64) - 1)
             self._waiting.append(req)
             self._by_client[req.client_id] = req
@@ -670,7 +683,20 @@ class _Engine:
     def _draw(self, req: _Req, pos: int) -> bytes:
         return hashlib.blake2b(req.key + req.prompt_digest + pos.to_bytes(8, "little"), digest_size=16).digest()
 
+    def _guided_ids(self, sp: SamplingParams, req: _Req) -> Optional[list[int]]:
+        """A guided request's output token ids (EOS follows them), or None."""
+        if not self.guided or sp.guided_decoding is None:
+            return None
+        pick = int.from_bytes(hashlib.blake2b(req.key + req.prompt_digest, digest_size=8).digest(), "little")
+        text = _double_guided.guided_text(sp.guided_decoding, pick)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
     def _sample(self, req: _Req, pos: int) -> int:
+        if req.forced is not None:
+            if pos < len(req.forced):
+                return req.forced[pos]
+            if self.model_eos is not None:  # a completed guide allows only EOS
+                return self.model_eos
         banned = req.end_id if (req.end_id is not None and pos < req.min_tokens) else None
         digest = self._draw(req, pos)
         eos = self.model_eos
@@ -798,12 +824,12 @@ class _Engine:
 class DoubleExecutor(GenerationExecutor):
     """The executor behind ``LLM._executor`` in the double (real: GenerationExecutorProxy + PyExecutor)."""
 
-    def __init__(self, args: "TorchLlmArgs", model: ModelInfo) -> None:
+    def __init__(self, args: "TorchLlmArgs", model: ModelInfo, tokenizer: Any = None) -> None:
         super().__init__(is_llm_executor=True)
         self._sink_lock = threading.Lock()
         kv = args.kv_cache_config
         self._pending_kv_events: deque[str] = deque(maxlen=max(kv.event_buffer_max_size, 1))
-        self._engine = _Engine(args, model, self)
+        self._engine = _Engine(args, model, self, tokenizer)
 
     def submit(self, request: GenerationRequest) -> GenerationResult:
         request.set_id(self._get_next_client_id())

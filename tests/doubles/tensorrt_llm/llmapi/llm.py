@@ -470,7 +470,7 @@ class _TorchLLM(BaseLLM):
         model_info = _double_engine.ModelInfo.load(self._hf_model_dir)
         if model_info.eos_token_id is None and self._tokenizer is not None:
             model_info.eos_token_id = self._tokenizer.eos_token_id
-        self._executor = _double_engine.DoubleExecutor(self.args, model_info)
+        self._executor = _double_engine.DoubleExecutor(self.args, model_info, self._tokenizer)
 
     def _validate_args_for_torch_backend(self, kwargs: dict) -> None:
         """Validate that users don't pass TrtLlmArgs-specific arguments when using PyTorch backend.
