@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 
-from dynamo.frontend.parsers.tool_calls import RawCall, ToolParser
+from dynamo.frontend.parsers.tool_calls import DecidedAtStartParser, RawCall
 
 PYTHON_TAG = "<|python_tag|>"
 _DECODER = json.JSONDecoder()
@@ -35,28 +35,16 @@ def _is_call_output(head: str) -> bool:
     return head.startswith("{") or head.startswith(PYTHON_TAG)
 
 
-class Llama3JsonToolParser(ToolParser):
+class Llama3JsonToolParser(DecidedAtStartParser):
     name = "llama3_json"
 
-    def __init__(self, tools: list[dict] | None = None) -> None:
-        super().__init__(tools)
-        self._held = ""  # leading whitespace / partial python tag while undecided
-        self._mode: str | None = None  # None (undecided), "content" or "calls"
-
-    def _advance(self, text: str) -> tuple[str, list[RawCall]]:
-        if self._mode == "content":
-            return text, []
-        if self._mode == "calls":
-            return "", []
-        self._held += text
-        head = self._held.lstrip()
+    def _decide(self, held: str) -> str | None:
+        head = held.lstrip()
         if _is_call_output(head):
-            self._mode, self._held = "calls", ""
-            return "", []
+            return "calls"
         if not head or PYTHON_TAG.startswith(head):
-            return "", []
-        out, self._mode, self._held = self._held, "content", ""
-        return out, []
+            return None  # leading whitespace or a partial python tag
+        return "content"
 
     def _parse(self, text: str) -> tuple[str | None, list[RawCall]]:
         if not _is_call_output(text.lstrip()):

@@ -27,7 +27,7 @@ import re
 import warnings
 from typing import Any
 
-from dynamo.frontend.parsers.tool_calls import RawCall, ToolParser
+from dynamo.frontend.parsers.tool_calls import DecidedAtStartParser, RawCall
 
 _NAME = re.compile(r"[a-zA-Z]\w*")
 _CALL_START = re.compile(r"[a-zA-Z]\w*\(")
@@ -128,27 +128,14 @@ def _call(node: ast.Call) -> RawCall:
     return _dotted_name(node.func), json.dumps(args, ensure_ascii=False)
 
 
-class PythonicToolParser(ToolParser):
+class PythonicToolParser(DecidedAtStartParser):
     name = "pythonic"
 
-    def __init__(self, tools: list[dict] | None = None) -> None:
-        super().__init__(tools)
-        self._held = ""  # the output so far, while it may still be a call list
-        self._mode: str | None = None  # None (undecided), "content" or "calls" (held to the end)
-
-    def _advance(self, text: str) -> tuple[str, list[RawCall]]:
-        if self._mode == "content":
-            return text, []
-        if self._mode == "calls":
-            return "", []
-        self._held += text
-        verdict = _scan(self._held)
+    def _decide(self, held: str) -> str | None:
+        verdict = _scan(held)
         if verdict == NO:
-            out, self._mode, self._held = self._held, "content", ""
-            return out, []
-        if verdict != MAYBE:
-            self._mode, self._held = "calls", ""
-        return "", []
+            return "content"
+        return None if verdict == MAYBE else "calls"
 
     def _parse(self, text: str) -> tuple[str | None, list[RawCall]]:
         if _scan(text) != YES:

@@ -156,3 +156,29 @@ def get_tool_parser(name: str, tools: list[dict[str, Any]] | None = None) -> Too
     module = importlib.import_module(f"{__package__}.{entry[0]}")
     parser: ToolParser = getattr(module, entry[1])(tools)
     return parser
+
+
+class DecidedAtStartParser(ToolParser):
+    """For formats whose output is either all calls or all content, told apart from how it begins:
+    the text is held while undecided, then passed through as content, or kept for finish()."""
+
+    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(tools)
+        self._held = ""  # the output so far, while undecided
+        self._mode: str | None = None  # None (undecided), "content" or "calls" (held to the end)
+
+    def _decide(self, held: str) -> str | None:
+        """"content", "calls", or None while `held` (the output so far) could still be either."""
+        raise NotImplementedError
+
+    def _advance(self, text: str) -> tuple[str, list[RawCall]]:
+        if self._mode == "content":
+            return text, []
+        if self._mode == "calls":
+            return "", []
+        self._held += text
+        self._mode = self._decide(self._held)
+        out = self._held if self._mode == "content" else ""
+        if self._mode is not None:
+            self._held = ""
+        return out, []
