@@ -73,7 +73,7 @@ import torch, sglang, transformers
 import sgl_kernel
 from sglang.srt.entrypoints.engine import Engine  # noqa: F401
 import sglang.srt.mem_cache.allocation  # needs sgl_kernel.assign_req_to_token_pool_cpu on CPU
-import dynamo, grpc, prometheus_client, pytest, zmq, msgspec, starlette, tokenizers, xxhash  # noqa: F401
+import dynamo, grpc, prometheus_client, pytest, zmq, msgspec, starlette, tokenizers, numpy  # noqa: F401
 import dynamo.frontend.app  # noqa: F401
 assert sglang.__version__ == md.version("sglang"), sglang.__version__
 print(f"[setup-sglang] ok: sglang {sglang.__version__}, torch {torch.__version__}, "

@@ -139,7 +139,7 @@ class FrontendApp:
             card = self.backend.card(parsed.model)
             model_label = card.served_model_name
             tokenizer = await self.tokenizers.get(card)
-            prompt_ids = await prompt_token_ids(parsed, tokenizer, card.context_length)
+            prompt_ids = await prompt_token_ids(parsed, tokenizer, card.context_length, self.backend.prompt_hasher(card))
             request_id = _request_id(request, "chatcmpl-" if chat else "cmpl-")
             generate_request = build_generate_request(parsed, card, prompt_ids, request_id)
             choices = build_choices(parsed, generate_request, tokenizer, self._chat_parsing(parsed, card))

@@ -7,7 +7,7 @@ carry the HTTP status and OpenAI error type the frontend answers with.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol, runtime_checkable
 
 from dynamo.llm.model_card import ModelCard
@@ -57,6 +57,12 @@ class ServingBackend(Protocol):
 
     def card(self, model: str) -> ModelCard:
         """The card of `model`; raises UnknownModel or NoWorkers."""
+        ...
+
+    def prompt_hasher(self, card: ModelCard) -> Callable[[list[int]], None] | None:
+        """What to do with a long prompt's token ids in the thread that tokenized them, before the
+        request is built (the KV router hashes its blocks there: off the event loop, while the ids
+        are still in the CPU's cache); None: nothing."""
         ...
 
     def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:

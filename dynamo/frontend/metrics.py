@@ -58,8 +58,10 @@ class RouterStateCollector(Collector):
         blocks = GaugeMetricFamily("dynamo_frontend_router_index_blocks",
                                    "Distinct prompt blocks the KV router's index holds", labels=["source"])
         blocks.add_metric(["events"], state.get("blocks", 0))
-        blocks.add_metric(["guesses"], state.get("guessed_blocks", 0))
         yield blocks
+        yield GaugeMetricFamily("dynamo_frontend_router_guesses", "Routing decisions whose prompt the KV "
+                                "router still counts as held by the chosen worker (within their TTL)",
+                                value=state.get("guesses", 0))
         yield GaugeMetricFamily("dynamo_frontend_router_index_workers", "Workers in the KV router's index",
                                 value=len(state.get("workers", {})))
         counters = state.get("counters", {})

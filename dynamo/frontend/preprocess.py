@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dynamo.llm.model_card import ModelCard
 from dynamo.llm.protocol import GenerateRequest, OutputOptions, StopConditions
 
@@ -24,12 +26,14 @@ def refuse_if_cannot_fit(chars: int, tokenizer: ModelTokenizer, context: int, pa
                       f"context of {context} tokens", param)
 
 
-async def prompt_token_ids(req: ParsedRequest, tokenizer: ModelTokenizer, context: int) -> list[int]:
+async def prompt_token_ids(req: ParsedRequest, tokenizer: ModelTokenizer, context: int,
+                          then: Callable[[list[int]], None] | None = None) -> list[int]:
+    """`then`: run on a long prompt's ids in the thread that tokenized it (ModelTokenizer)."""
     if req.kind == "chat":
         assert req.messages is not None
         refuse_if_cannot_fit(sum(len(m["content"]) for m in req.messages), tokenizer, context, "messages")
         tools = req.tools.tools if req.tools is not None else None
-        ids = await tokenizer.prompt_ids_for_chat(req.messages, tools, req.chat_template_kwargs)
+        ids = await tokenizer.prompt_ids_for_chat(req.messages, tools, req.chat_template_kwargs, then)
         param = "messages"
     elif req.prompt_ids is not None:
         ids = req.prompt_ids
@@ -41,7 +45,7 @@ async def prompt_token_ids(req: ParsedRequest, tokenizer: ModelTokenizer, contex
     else:
         assert req.prompt_text is not None
         refuse_if_cannot_fit(len(req.prompt_text), tokenizer, context, "prompt")
-        ids = await tokenizer.prompt_ids_for_text(req.prompt_text)
+        ids = await tokenizer.prompt_ids_for_text(req.prompt_text, then)
         param = "prompt"
     if not ids:
         raise invalid(f"the {param} tokenizes to no tokens at all", param)

@@ -49,6 +49,9 @@ class ScriptedBackend:
     def models(self) -> list[ModelCard]:
         return [c for c in self.cards if c.served_model_name not in self.no_workers]
 
+    def prompt_hasher(self, card: ModelCard) -> Callable[[list[int]], None] | None:
+        return None
+
     def card(self, model: str) -> ModelCard:
         for card in self.cards:
             if card.served_model_name == model:

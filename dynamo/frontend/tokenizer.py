@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,18 +71,27 @@ class ModelTokenizer:
         return text
 
     async def prompt_ids_for_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                                  template_kwargs: dict[str, Any] | None = None) -> list[int]:
+                                  template_kwargs: dict[str, Any] | None = None,
+                                  then: Callable[[list[int]], None] | None = None) -> list[int]:
+        """`then`: run on the ids of a long prompt in the thread that tokenized it."""
         def work() -> list[int]:
             # The template already writes BOS where the model wants it.
             return self.encode(self.render_chat(messages, tools, template_kwargs), add_special_tokens=False)
         if sum(len(m["content"]) for m in messages) > _INLINE_TOKENIZE_CHARS:
-            return await asyncio.to_thread(work)
+            return await asyncio.to_thread(_and_then, work, then)
         return work()
 
-    async def prompt_ids_for_text(self, text: str) -> list[int]:
+    async def prompt_ids_for_text(self, text: str, then: Callable[[list[int]], None] | None = None) -> list[int]:
         if len(text) > _INLINE_TOKENIZE_CHARS:
-            return await asyncio.to_thread(self.encode, text, add_special_tokens=True)
+            return await asyncio.to_thread(_and_then, lambda: self.encode(text, add_special_tokens=True), then)
         return self.encode(text, add_special_tokens=True)
+
+
+def _and_then(work: Callable[[], list[int]], then: Callable[[list[int]], None] | None) -> list[int]:
+    ids = work()
+    if then is not None and ids:
+        then(ids)
+    return ids
 
 
 def _load(card: ModelCard) -> ModelTokenizer:

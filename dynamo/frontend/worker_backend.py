@@ -9,7 +9,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
+from functools import partial
 from typing import NamedTuple
 
 from dynamo.frontend.args import FrontendConfig
@@ -176,6 +177,11 @@ class WorkerServingBackend:
 
     def models(self) -> list[ModelCard]:
         return list(self.pool.cards(SERVING_ROLES).values())
+
+    def prompt_hasher(self, card: ModelCard) -> Callable[[list[int]], None] | None:
+        if self.kv_router is None:
+            return None
+        return partial(self.kv_router.prehash, block_size=card.kv_block_size or 16)
 
     def card(self, model: str) -> ModelCard:
         cards = self.pool.cards(SERVING_ROLES)

@@ -135,3 +135,42 @@ async def test_a_killed_worker_is_not_routed_to_and_its_replacement_starts_clean
         assert "Traceback" not in fe.log(), fe.log()[-3000:]
     finally:
         fe.close()
+
+
+async def test_long_text_prompts_hashed_in_the_tokenizing_thread_route_exactly(tmp_path: Path,
+                                                                              tiny_model_dir: Path) -> None:
+    """Prompts past the inline-tokenization limit are tokenized in a thread, where the router hashes
+    their blocks too (off the event loop): repeated, each goes back to the worker holding it, and the
+    router's predicted cached tokens equal what the worker reports (overlap error 0)."""
+    workers = [await start_mocker(tmp_path, tiny_model_dir, *MOCKER, "--max-model-len", "16384", name=f"long{i}")
+               for i in range(2)]
+    fe = FrontendProcess(tmp_path, "--router-mode", "kv", "--router-predicted-ttl", "0")
+    try:
+        await fe.wait_models({"tiny"})
+        rng = random.Random(5)
+        words = ["alpha", "beta", "gamma", "delta", "return", "lambda", "yield", "import", "class", "self"]
+        documents = [" ".join(rng.choice(words) for _ in range(3500)) for _ in range(3)]  # > 16,384 chars each
+        assert all(len(d) > 16_384 for d in documents)
+        for doc in documents:
+            first = await fe.client().completions.create(model="tiny", prompt=doc, max_tokens=2)
+            assert first.usage is not None
+            blocks = first.usage.prompt_tokens // BS
+            deadline = asyncio.get_running_loop().time() + 20
+            while True:  # until the worker's STORED events for the prompt reached the router
+                state = json.loads(fe.get("/v1/router/state")[1])
+                if max(w.get("blocks", 0) for w in state["workers"].values()) >= blocks:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, f"the router never learned the prompt: {state}"
+                await asyncio.sleep(0.1)
+            again = await fe.client().completions.create(model="tiny", prompt=doc + " tail", max_tokens=2)
+            assert again.usage is not None and again.usage.prompt_tokens_details is not None
+            assert again.usage.prompt_tokens_details.cached_tokens >= (blocks - 1) * BS
+        _, metrics = fe.get("/metrics")
+        errors = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                  if line.startswith("dynamo_frontend_router_overlap_error_tokens_bucket")}
+        exact = errors['le="0.0"'] - errors['le="-1.0"']
+        assert exact >= len(documents), f"predicted cached tokens differ from the workers': {errors}"
+    finally:
+        fe.close()
+        for w in workers:
+            await w.close()

@@ -180,3 +180,26 @@ def test_processor_maps_finish_reasons_and_errors(tok: ModelTokenizer) -> None:
                                               error="engine exploded"))
     with pytest.raises(WorkerFailed, match="cancelled"):
         _proc(tok, []).process(GenerateOutput([], finish_reason=FinishReason.CANCELLED))
+
+
+def test_a_long_prompts_ids_go_to_then_in_the_tokenizing_thread(tok: ModelTokenizer) -> None:
+    """The KV router hashes a long prompt's blocks where it was tokenized (off the event loop);
+    a short prompt is tokenized inline and `then` is not called (the decision hashes it)."""
+    import asyncio
+    import threading
+
+    seen: list[tuple[list[int], str]] = []
+
+    def then(ids: list[int]) -> None:
+        seen.append((ids, threading.current_thread().name))
+
+    async def main() -> tuple[list[int], list[int], list[int]]:
+        long_text = "def f(x):\n    return x + 1\n" * 1000  # past the inline limit
+        a = await tok.prompt_ids_for_text(long_text, then)
+        b = await tok.prompt_ids_for_chat([{"role": "user", "content": long_text}], then=then)
+        c = await tok.prompt_ids_for_text("short", then)
+        return a, b, c
+
+    a, b, c = asyncio.run(main())
+    assert [ids for ids, _ in seen] == [a, b] and seen[0][0] is a and seen[1][0] is b and c
+    assert all(name != threading.main_thread().name for _, name in seen)

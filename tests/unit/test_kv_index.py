@@ -82,6 +82,7 @@ class Model:
 
     known: dict[str, dict[int, int]] = field(default_factory=dict)
     gap: set[str] = field(default_factory=set)  # workers with a lost event the index has not noticed yet
+    parents: dict[int, int | None] = field(default_factory=dict)  # router hash -> its parent's
 
     def apply(self, wid: str, engine: Engine, event: KvEvent) -> None:
         if wid in self.gap:  # this event's id shows the gap: the index starts the worker over
@@ -93,6 +94,7 @@ class Model:
                 return
             for h in event.block_hashes:
                 known[h] = router_hash(engine.blocks[h])
+                self.parents[known[h]] = router_hash(engine.blocks[h][:-BS]) if len(engine.blocks[h]) > BS else None
         elif event.kind is KvEventKind.REMOVED:
             for h in event.block_hashes:
                 known.pop(h, None)
@@ -101,6 +103,11 @@ class Model:
 
     def held(self, wid: str) -> set[int]:
         return set(self.known.get(wid, {}).values())
+
+    def orphans(self, wid: str) -> int:
+        """Held blocks whose parent block is not held (left by evictions in the middle of a chain)."""
+        held = self.held(wid)
+        return sum(1 for h in held if self.parents[h] is not None and self.parents[h] not in held)
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["store", "store", "store", "remove", "clear", "reconnect", "lose",
@@ -154,16 +161,28 @@ def test_index_matches_a_brute_force_model(ops: list[tuple[str, int, int, int]],
             continue
         model.apply(wid, engine, engine.number(event))
         index.apply(wid, event)
+        state = index.summary()["workers"]
         for other in engines:
             assert index.held_by(other) == model.held(other), (op, other)
+            assert state[other]["orphan_blocks"] == model.orphans(other), (op, other)  # type: ignore[index]
+        assert_overlaps(index, model, list(engines))
     for wid in engines:
         assert index.held_by(wid) == model.held(wid)
-        for doc in DOCS:  # overlaps: the longest prefix of the prompt whose blocks the worker holds
-            query = block_hashes(doc, BS)
-            expected = 0
-            while expected < len(query) and query[expected] in model.held(wid):
-                expected += 1
-            assert index.overlaps(query, [wid])[wid] == expected
+    assert_overlaps(index, model, list(engines))
+
+
+def assert_overlaps(index: KvIndex, model: Model, workers: list[str]) -> None:
+    """Overlaps, asked for all workers at once (the bisection works on their masks together), equal
+    the longest prefix of each prompt whose blocks each worker holds, gaps from evictions included."""
+    for doc in DOCS:
+        query = block_hashes(doc, BS)
+        expected = {}
+        for wid in workers:
+            held, depth = model.held(wid), 0
+            while depth < len(query) and query[depth] in held:
+                depth += 1
+            expected[wid] = depth
+        assert index.overlaps(query, workers + ["unknown"]) == {**expected, "unknown": 0}
 
 
 def test_bad_events_are_counted_and_skipped() -> None:
@@ -200,4 +219,67 @@ def test_a_gap_resyncs_the_worker_and_guesses_expire() -> None:
     assert index.overlaps(hashes, ["w"]) == {"w": len(hashes)}
     now[0] = 11
     index.expire()
+    assert index.overlaps(hashes, ["w"]) == {"w": 0}
+
+
+def test_guesses_are_indexed_at_checkpoints_and_finished_exactly() -> None:
+    """A guessed prompt counts as held block for block (not only at checkpoints); another prompt
+    sharing part of it overlaps exactly that part; expiry drops each guess's checkpoints unless a
+    newer guess went through them."""
+    from dynamo.frontend.router.index import GUESS_STRIDE
+
+    now = [0.0]
+    index = KvIndex(clock=lambda: now[0])
+    index.add_worker("w", BS)
+    index.add_worker("v", BS)
+    rng = random.Random(7)
+    base = [rng.randrange(1000) for _ in range(BS * GUESS_STRIDE * 3)]  # 48 blocks
+    hashes = block_hashes(base, BS)
+    index.guess("w", hashes[:40], ttl=10)
+    for shared in (0, 1, 15, 16, 17, 31, 32, 39, 40, 47):
+        prompt = base[:shared * BS] + [1000 + t for t in base[shared * BS:]]
+        expected = min(shared, 40)
+        assert index.overlaps(block_hashes(prompt, BS), ["w", "v"]) == {"w": expected, "v": 0}, shared
+    now[0] = 5
+    index.guess("w", hashes[:20], ttl=10)  # a newer guess through checkpoints 0 and 16
+    now[0] = 10.5
+    index.expire()  # the first guess expires: its checkpoint 32 goes, 0 and 16 stay with the newer one
+    assert index.overlaps(hashes, ["w"]) == {"w": 20}
+    now[0] = 15.5
+    index.expire()
+    assert index.overlaps(hashes, ["w"]) == {"w": 0}
+    assert index.summary()["workers"]["w"]["guess_checkpoints"] == 0  # type: ignore[index]
+
+
+def test_guesses_and_events_combine_as_the_longer_prefix() -> None:
+    index = KvIndex()
+    index.add_worker("w", BS)
+    index.subscribed("w", 0)
+    doc = DOCS[0]
+    index.apply("w", KvEvent(KvEventKind.STORED, block_hashes=[1, 2], token_ids=doc[:2 * BS], event_id=0))
+    hashes = block_hashes(doc, BS)
+    assert index.overlaps(hashes, ["w"]) == {"w": 2}
+    index.guess("w", hashes[:4], ttl=10)
+    assert index.overlaps(hashes, ["w"]) == {"w": 4}
+    index.apply("w", KvEvent(KvEventKind.REMOVED, block_hashes=[1], event_id=1))  # block 2 is now an orphan
+    assert index.summary()["workers"]["w"]["orphan_blocks"] == 1  # type: ignore[index]
+    assert index.held_depth(hashes, "w") == 0 and index.overlaps(hashes, ["w"]) == {"w": 4}
+
+
+def test_an_evicted_middle_block_stored_again_reconnects_its_chain() -> None:
+    index = KvIndex()
+    index.add_worker("w", BS)
+    index.subscribed("w", 0)
+    doc = DOCS[1]
+    hashes = block_hashes(doc, BS)
+    index.apply("w", KvEvent(KvEventKind.STORED, block_hashes=[10, 11, 12, 13], token_ids=doc[:4 * BS], event_id=0))
+    index.apply("w", KvEvent(KvEventKind.REMOVED, block_hashes=[11], event_id=1))
+    assert index.summary()["workers"]["w"]["orphan_blocks"] == 1  # type: ignore[index]
+    assert index.overlaps(hashes, ["w"]) == {"w": 1}
+    index.apply("w", KvEvent(KvEventKind.STORED, block_hashes=[21], parent_hash=10, token_ids=doc[BS:2 * BS],
+                             event_id=2))
+    assert index.summary()["workers"]["w"]["orphan_blocks"] == 0  # type: ignore[index]
+    assert index.overlaps(hashes, ["w"]) == {"w": 4}
+    index.apply("w", KvEvent(KvEventKind.REMOVED, block_hashes=[10], event_id=3))  # the first block: all orphaned
+    assert index.summary()["workers"]["w"]["orphan_blocks"] == 1  # type: ignore[index]
     assert index.overlaps(hashes, ["w"]) == {"w": 0}

@@ -134,3 +134,30 @@ def test_a_worker_that_leaves_is_forgotten() -> None:
     others = [r for r in recs if r.instance_id != d.record.instance_id]
     assert route(router, others, p, "b").record.instance_id == others[0].instance_id
     assert block_hashes(p, BS)  # (the prompt has full blocks)
+
+
+def test_a_prompt_hashed_ahead_is_not_hashed_again_by_its_decision(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    import dynamo.frontend.router.kv as kv
+
+    router = KvRouter(KvRouterSettings(seed=1))
+    recs = workers(2)
+    tokens = prompt(BS * 8, 3, 0)
+    copy = list(tokens)
+    worker_thread = threading.Thread(target=router.prehash, args=(tokens,), kwargs={"block_size": BS})
+    worker_thread.start()
+    worker_thread.join(timeout=10)
+    calls: list[int] = []
+    monkeypatch.setattr(kv, "block_hashes", lambda ids, size: calls.append(len(ids)) or block_hashes(ids, size))
+    first = route(router, recs, tokens, "a")
+    assert calls == [] and first.overlap_blocks == 0
+    first.finished(None)
+    # an equal prompt in another list object was not hashed ahead: its decision hashes it, and the
+    # guess the first decision left makes it overlap in full on the same worker
+    second = route(router, recs, copy, "b")
+    assert calls == [len(copy)] and second.record.instance_id == first.record.instance_id
+    assert second.overlap_blocks == len(copy) // BS
+    for i in range(70):  # hashed ahead, never routed: bounded
+        router.prehash(prompt(BS, 1, i), BS)
+    assert len(router._prehashed) == 64

@@ -26,7 +26,7 @@ from dynamo.frontend.router.load import WorkerLoad
 from dynamo.frontend.router.settings import CostWeights
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     worker_id: str
     overlap_blocks: int
@@ -35,17 +35,24 @@ class Candidate:
     cost: float
 
 
+_IDLE = WorkerLoad()
+
+
 def costs(worker_ids: Sequence[str], overlaps: Mapping[str, int], loads: Mapping[str, WorkerLoad],
           request_blocks: int, block_size: int, weights: CostWeights, overlap_credit: float = 1.0
           ) -> list[Candidate]:
-    out = []
-    for wid in worker_ids:
-        load = loads.get(wid) or WorkerLoad()
+    out: list[Candidate] = []
+    append = out.append
+    overlap_weight = weights.overlap_weight
+    for wid in worker_ids:  # (per decision, per worker: kept to plain arithmetic)
+        load = loads.get(wid) or _IDLE
         overlap = overlaps.get(wid, 0)
-        new = max(0.0, request_blocks - overlap_credit * overlap)
+        new = request_blocks - overlap_credit * overlap
+        if new < 0:
+            new = 0.0
         prefill = load.prefill_tokens / block_size + new
         decode = load.decode_blocks + new
-        out.append(Candidate(wid, overlap, prefill, decode, weights.overlap_weight * prefill + decode))
+        append(Candidate(wid, overlap, prefill, decode, overlap_weight * prefill + decode))
     return out
 
 

@@ -11,6 +11,18 @@ Keyed by the router's own block hashes (hashing.py). Two sources, queried togeth
 A worker's events are numbered; a gap (events lost) or a new subscription drops what the index knew
 about that worker, since it can no longer tell what is current. A worker that leaves discovery is
 purged at once; a restarted worker registers under a new instance id and starts empty.
+
+Why a decision does not walk the prompt block by block: a worker's overlap is the longest prefix of
+the prompt it holds. The index keeps, per worker, how many held blocks have no held parent
+("orphans", left by an eviction in the middle of a chain). A worker without orphans holds a
+prefix-closed set, so along the prompt's chain the set of such workers holding block i only shrinks
+as i grows, and bisection finds where each one drops out (~10 lookups per distinct depth instead of
+one per block); a worker with orphans is walked block by block, exactly. Guesses are prefix-closed by
+construction and are indexed only at every GUESS_STRIDE-th block (plus a reference to the guessed
+prompt's hashes to finish the last stretch), so a decision records ~64 entries for a 1024-block
+prompt instead of 1024. Where two guesses for one worker part within one stretch, the older is not
+consulted past the shared checkpoint: the overlap may be under-counted by fewer than GUESS_STRIDE
+blocks (a guess, not a fact).
 """
 
 from __future__ import annotations
@@ -23,6 +35,8 @@ from dataclasses import dataclass, field
 from dynamo.frontend.router.hashing import block_hashes
 from dynamo.llm.protocol import KvEvent, KvEventKind
 
+GUESS_STRIDE = 16  # guesses are indexed at blocks 0, 16, 32, ...
+
 
 @dataclass
 class IndexCounters:
@@ -33,12 +47,21 @@ class IndexCounters:
 
 
 @dataclass
+class _Guess:
+    expiry: float
+    hashes: Sequence[int]
+
+
+@dataclass
 class _Worker:
     bit: int
     block_size: int
     engine_to_router: dict[int, int] = field(default_factory=dict)  # engine block hash -> router hash
-    held: dict[int, int] = field(default_factory=dict)  # router hash -> how many engine blocks map to it
-    guessed: dict[int, float] = field(default_factory=dict)  # router hash -> latest expiry
+    held: dict[int, int | None] = field(default_factory=dict)  # router hash -> its parent's (None: first block)
+    copies: dict[int, int] = field(default_factory=dict)  # router hash -> engine blocks mapped beyond the first
+    children: dict[int, int] = field(default_factory=dict)  # router hash -> held blocks naming it as parent
+    orphans: int = 0  # held blocks whose parent is not held: while > 0, overlaps walk this worker exactly
+    guessed: dict[int, _Guess] = field(default_factory=dict)  # checkpoint hash -> the latest guess through it
     next_event_id: int | None = None
 
 
@@ -49,8 +72,8 @@ class KvIndex:
         self._free_bits: list[int] = []
         self._next_bit = 0
         self._held: dict[int, int] = {}  # router hash -> bitmask of workers whose events say they hold it
-        self._guessed: dict[int, int] = {}  # router hash -> bitmask of workers guessed to hold it
-        self._expiries: deque[tuple[float, str, Sequence[int]]] = deque()  # guesses in expiry order
+        self._guessed: dict[int, int] = {}  # checkpoint hash -> bitmask of workers guessed to hold it
+        self._expiries: deque[tuple[str, _Guess]] = deque()  # guesses in expiry order
         self.counters = IndexCounters()
 
     # --- workers -------------------------------------------------------------------------------
@@ -69,22 +92,16 @@ class KvIndex:
         worker = self._workers.pop(worker_id, None)
         if worker is None:
             return
-        self._drop_all(worker)
+        self._drop_all_events(worker)
+        mask = ~(1 << worker.bit)
+        for h in worker.guessed:
+            self._clear_bit(self._guessed, h, mask)
+        worker.guessed.clear()
         self._free_bits.append(worker.bit)
         self.counters.purges += 1
 
     def workers(self) -> list[str]:
         return list(self._workers)
-
-    def _drop_all(self, worker: _Worker) -> None:
-        mask = ~(1 << worker.bit)
-        for h in worker.held:
-            self._clear_bit(self._held, h, mask)
-        for h in worker.guessed:
-            self._clear_bit(self._guessed, h, mask)
-        worker.held.clear()
-        worker.engine_to_router.clear()
-        worker.guessed.clear()
 
     @staticmethod
     def _clear_bit(table: dict[int, int], h: int, mask: int) -> None:
@@ -112,6 +129,9 @@ class KvIndex:
         for h in worker.held:
             self._clear_bit(self._held, h, mask)
         worker.held.clear()
+        worker.copies.clear()
+        worker.children.clear()
+        worker.orphans = 0
         worker.engine_to_router.clear()
 
     def apply(self, worker_id: str, event: KvEvent) -> None:
@@ -148,17 +168,31 @@ class KvIndex:
             parent = worker.engine_to_router.get(event.parent_hash)
             if parent is None:
                 return False  # its parent never reached us (or was removed): the chain is unknown
-        ours = block_hashes(event.token_ids, bs, parent)
+        engine_to_router, held, children, table = worker.engine_to_router, worker.held, worker.children, self._held
         bit = 1 << worker.bit
-        for engine_hash, h in zip(event.block_hashes, ours):
-            previous = worker.engine_to_router.get(engine_hash)
-            if previous == h:
-                continue  # stored again (a clear we did not hear of, or a duplicate event)
-            if previous is not None:
-                self._unhold(worker, previous)
-            worker.engine_to_router[engine_hash] = h
-            worker.held[h] = worker.held.get(h, 0) + 1
-            self._held[h] = self._held.get(h, 0) | bit
+        orphans = 0  # change in the worker's orphan count
+        for engine_hash, h in zip(event.block_hashes, block_hashes(event.token_ids, bs, parent)):
+            previous = engine_to_router.get(engine_hash)
+            if previous != h:  # (equal: stored again, after a clear we did not hear of, or a duplicate)
+                if previous is not None:
+                    worker.orphans += orphans
+                    orphans = 0
+                    self._unhold(worker, previous)
+                engine_to_router[engine_hash] = h
+                if h in held:  # a second engine block with the same content and prefix
+                    worker.copies[h] = worker.copies.get(h, 0) + 1
+                else:  # (inlined: this loop is the event intake's cost)
+                    held[h] = parent
+                    if parent is not None:
+                        children[parent] = children.get(parent, 0) + 1
+                        if parent not in held:
+                            orphans += 1
+                    adopted = children.get(h)
+                    if adopted:  # its children were held without it: no longer orphans
+                        orphans -= adopted
+                    table[h] = table.get(h, 0) | bit
+            parent = h
+        worker.orphans += orphans
         return True
 
     def _removed(self, worker: _Worker, engine_hashes: Iterable[int]) -> bool:
@@ -172,40 +206,56 @@ class KvIndex:
         return ok
 
     def _unhold(self, worker: _Worker, h: int) -> None:
-        count = worker.held.get(h, 0) - 1
-        if count > 0:
-            worker.held[h] = count
+        copies = worker.copies.get(h)
+        if copies:
+            if copies > 1:
+                worker.copies[h] = copies - 1
+            else:
+                del worker.copies[h]
             return
-        worker.held.pop(h, None)
+        held, children = worker.held, worker.children
+        parent = held.pop(h)
+        if parent is not None:
+            left = children[parent] - 1
+            if left:
+                children[parent] = left
+            else:
+                del children[parent]
+            if parent not in held:
+                worker.orphans -= 1
+        orphaned = children.get(h)
+        if orphaned:
+            worker.orphans += orphaned
         self._clear_bit(self._held, h, ~(1 << worker.bit))
 
     # --- guesses -------------------------------------------------------------------------------
 
     def guess(self, worker_id: str, hashes: Sequence[int], ttl: float) -> None:
-        """Assume `worker_id` holds `hashes` for `ttl` seconds (refreshing earlier guesses)."""
+        """Assume `worker_id` holds `hashes` (a prompt's chain, from its first block) for `ttl` seconds."""
         worker = self._workers.get(worker_id)
         if worker is None or ttl <= 0 or not hashes:
             return
-        expiry = self._clock() + ttl  # type: ignore[operator]
+        entry = _Guess(self._clock() + ttl, hashes)  # type: ignore[operator]
         bit = 1 << worker.bit
-        table = self._guessed
+        table, guessed = self._guessed, worker.guessed
         get = table.get
-        worker.guessed.update(dict.fromkeys(hashes, expiry))  # (C loops: this runs on every decision)
-        table.update({h: get(h, 0) | bit for h in hashes})
-        self._expiries.append((expiry, worker_id, hashes))
+        for h in hashes[::GUESS_STRIDE]:
+            guessed[h] = entry
+            table[h] = get(h, 0) | bit
+        self._expiries.append((worker_id, entry))
 
     def expire(self) -> None:
-        """Drop guesses past their TTL (a hash guessed again later keeps its newer expiry)."""
+        """Drop guesses past their TTL (a checkpoint guessed again later keeps the newer guess)."""
         now = self._clock()  # type: ignore[operator]
         expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            expiry, worker_id, hashes = expiries.popleft()
+        while expiries and expiries[0][1].expiry <= now:
+            worker_id, entry = expiries.popleft()
             worker = self._workers.get(worker_id)
             if worker is None:
                 continue  # purged since
             guessed, mask = worker.guessed, ~(1 << worker.bit)
-            for h in hashes:
-                if guessed.get(h) == expiry:
+            for h in entry.hashes[::GUESS_STRIDE]:
+                if guessed.get(h) is entry:
                     del guessed[h]
                     self._clear_bit(self._guessed, h, mask)
 
@@ -217,37 +267,37 @@ class KvIndex:
 
     def overlaps(self, hashes: Sequence[int], worker_ids: Sequence[str]) -> dict[str, int]:
         """How many leading blocks of `hashes` each of `worker_ids` holds (or is guessed to)."""
-        bits: dict[int, str] = {}
-        alive = 0
-        for wid in worker_ids:
-            worker = self._workers.get(wid)
-            if worker is not None:
-                bits[worker.bit] = wid
-                alive |= 1 << worker.bit
         result = dict.fromkeys(worker_ids, 0)
-        held, guessed = self._held, self._guessed
-        depth = 0
-        for h in hashes:
-            now = held.get(h, 0) & alive
-            if now != alive:  # (a second lookup only where the events do not cover everyone)
-                now |= guessed.get(h, 0) & alive
-            gone = alive & ~now
-            while gone:
-                low = gone & -gone
-                result[bits[low.bit_length() - 1]] = depth
-                gone ^= low
-            alive = now
-            if not alive:
-                break
-            depth += 1
-        while alive:
-            low = alive & -alive
-            result[bits[low.bit_length() - 1]] = depth
-            alive ^= low
+        if not hashes:
+            return result
+        workers = [(wid, w) for wid in worker_ids if (w := self._workers.get(wid)) is not None]
+        closed = 0  # workers whose held blocks are prefix-closed: bisection is exact for them
+        for wid, worker in workers:
+            if worker.orphans:
+                result[wid] = self.held_depth(hashes, wid)
+            else:
+                closed |= 1 << worker.bit
+        held_depths = _drop_outs(self._held, hashes, closed)
+        guess_depths = _drop_outs(self._guessed, hashes[::GUESS_STRIDE], closed | _bits(workers))
+        for wid, worker in workers:
+            bit = 1 << worker.bit
+            depth = result[wid]
+            for mask, at in held_depths:
+                if mask & bit:
+                    depth = at
+                    break
+            for mask, at in guess_depths:
+                if mask & bit:  # the deepest checkpoint it was guessed through; finish with that guess
+                    start = (at - 1) * GUESS_STRIDE
+                    if start + GUESS_STRIDE > depth:
+                        depth = max(depth, _common_prefix(worker.guessed[hashes[start]].hashes, hashes, start,
+                                                          start + GUESS_STRIDE))
+                    break
+            result[wid] = depth
         return result
 
     def held_depth(self, hashes: Sequence[int], worker_id: str) -> int:
-        """How many leading blocks of `hashes` the worker's own events say it holds."""
+        """How many leading blocks of `hashes` the worker's own events say it holds (block by block)."""
         worker = self._workers.get(worker_id)
         if worker is None:
             return 0
@@ -263,8 +313,9 @@ class KvIndex:
         """For /v1/router/state and the metrics: sizes per worker and in all."""
         return {
             "blocks": len(self._held),
-            "guessed_blocks": len(self._guessed),
-            "workers": {wid: {"blocks": len(w.held), "guessed_blocks": len(w.guessed), "block_size": w.block_size,
+            "guesses": len(self._expiries),
+            "workers": {wid: {"blocks": len(w.held), "orphan_blocks": w.orphans,
+                              "guess_checkpoints": len(w.guessed), "block_size": w.block_size,
                               "next_event_id": w.next_event_id} for wid, w in self._workers.items()},
             "counters": dict(vars(self.counters)),
         }
@@ -273,3 +324,46 @@ class KvIndex:
         """The router hashes the worker's events say it holds (tests compare it with a model)."""
         worker = self._workers.get(worker_id)
         return set(worker.held) if worker is not None else set()
+
+
+def _bits(workers: list[tuple[str, _Worker]]) -> int:
+    mask = 0
+    for _, worker in workers:
+        mask |= 1 << worker.bit
+    return mask
+
+
+def _drop_outs(table: dict[int, int], chain: Sequence[int], alive: int) -> list[tuple[int, int]]:
+    """For workers (bits of `alive`) whose entries in `table` are prefix-closed along `chain`: how many
+    leading entries of `chain` each has, as (mask of workers, count) pairs (workers absent: 0).
+
+    The mask at position i only loses workers as i grows, so bisection between two positions whose
+    masks differ finds every drop-out in ~log2(len) lookups each."""
+    first = table.get(chain[0], 0) & alive
+    if not first:
+        return []
+    last_at = len(chain) - 1
+    last = table.get(chain[last_at], 0) & first if last_at else first
+    out = [(last, last_at + 1)] if last else []
+    pending = [(0, first, last_at, last)] if last != first else []
+    while pending:
+        lo, lo_mask, hi, hi_mask = pending.pop()
+        if hi - lo == 1:
+            out.append((lo_mask & ~hi_mask, hi))  # held through lo, not hi: lo + 1 blocks
+            continue
+        mid = (lo + hi) >> 1
+        mid_mask = table.get(chain[mid], 0) & lo_mask
+        if mid_mask != lo_mask:
+            pending.append((lo, lo_mask, mid, mid_mask))
+        if mid_mask != hi_mask:
+            pending.append((mid, mid_mask, hi, hi_mask))
+    return out
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], start: int, stop: int) -> int:
+    """Where `a` and `b` (equal before `start`) first differ, looking no further than `stop`."""
+    stop = min(stop, len(a), len(b))
+    i = start
+    while i < stop and a[i] == b[i]:
+        i += 1
+    return i
