@@ -263,7 +263,59 @@ def test_guesses_and_events_combine_as_the_longer_prefix() -> None:
     assert index.overlaps(hashes, ["w"]) == {"w": 4}
     index.apply("w", KvEvent(KvEventKind.REMOVED, block_hashes=[1], event_id=1))  # block 2 is now an orphan
     assert index.summary()["workers"]["w"]["orphan_blocks"] == 1  # type: ignore[index]
-    assert index.held_depth(hashes, "w") == 0 and index.overlaps(hashes, ["w"]) == {"w": 4}
+    # the guess covered blocks 2-3 only (0-1 were held): the eviction of block 0 shows at once
+    assert index.held_depth(hashes, "w") == 0 and index.overlaps(hashes, ["w"]) == {"w": 0}
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["store", "store", "remove", "guess", "guess", "expire"]),
+                              st.integers(0, len(DOCS) - 1), st.integers(1, 6)), min_size=1, max_size=40),
+       seed=st.integers(0, 1000))
+def test_guesses_extend_what_events_hold_as_a_block_by_block_union_would(
+        ops: list[tuple[str, int, int]], seed: int) -> None:
+    """One live guess per worker at a time (several that part are documented to under-count): the
+    overlap equals the longest prefix whose every block is held by events or inside the guess
+    (from where the events left off when it was made, to its end)."""
+    from dynamo.frontend.router import index as index_module
+
+    rng = random.Random(seed)
+    now = [0.0]
+    index = KvIndex(clock=lambda: now[0])
+    index.add_worker("w", BS)
+    index.subscribed("w", 0)
+    engine = Engine(seed=seed)
+    model = Model()
+    live: tuple[list[int], int] | None = None  # (guessed chain, its first guessed block)
+    long_docs = [doc * 8 for doc in DOCS]  # 48 blocks: guesses span several checkpoints
+    assert index_module.GUESS_STRIDE < 48
+    for op, doc, n in ops:
+        if op in ("store", "remove"):
+            event = engine.store(long_docs[doc], n * 7) if op == "store" else engine.remove(rng)
+            if event is not None:
+                model.apply("w", engine, engine.number(event))
+                index.apply("w", event)
+        elif op == "guess":
+            now[0] += 20  # the previous guess expires first: one live guess at a time
+            index.expire()
+            chain = block_hashes(long_docs[doc][:n * 8 * BS], BS)
+            index.guess("w", chain, ttl=10)
+            held = model.held("w")
+            start = 0
+            while start < len(chain) and chain[start] in held:
+                start += 1
+            live = (chain, start) if start < len(chain) else None
+        else:
+            now[0] += 20
+            index.expire()
+            live = None
+        held = model.held("w")
+        for query_doc in long_docs:
+            query = block_hashes(query_doc, BS)
+            guessed = set(live[0][live[1]:]) if live is not None else set()
+            expected = 0
+            while expected < len(query) and (query[expected] in held or query[expected] in guessed):
+                expected += 1
+            assert index.overlaps(query, ["w"]) == {"w": expected}, (op, doc, n)
 
 
 def test_an_evicted_middle_block_stored_again_reconnects_its_chain() -> None:

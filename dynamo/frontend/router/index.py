@@ -17,12 +17,16 @@ the prompt it holds. The index keeps, per worker, how many held blocks have no h
 ("orphans", left by an eviction in the middle of a chain). A worker without orphans holds a
 prefix-closed set, so along the prompt's chain the set of such workers holding block i only shrinks
 as i grows, and bisection finds where each one drops out (~10 lookups per distinct depth instead of
-one per block); a worker with orphans is walked block by block, exactly. Guesses are prefix-closed by
-construction and are indexed only at every GUESS_STRIDE-th block (plus a reference to the guessed
-prompt's hashes to finish the last stretch), so a decision records ~64 entries for a 1024-block
-prompt instead of 1024. Where two guesses for one worker part within one stretch, the older is not
-consulted past the shared checkpoint: the overlap may be under-counted by fewer than GUESS_STRIDE
-blocks (a guess, not a fact).
+one per block); a worker with orphans is walked block by block, exactly.
+
+A guess covers the prompt from where the chosen worker's events left off (what they vouch for is not
+guessed, so an eviction there shows at once) to its end. It is indexed only at every
+GUESS_STRIDE-th block from the stretch it starts in, with a reference to the guessed prompt's hashes:
+a decision records ~64 entries for a 1024-block prompt instead of 1024. A worker's overlap is its
+held prefix, extended by the guess found at the checkpoint at or before that prefix's end when the
+guess starts within it (compared with the prompt checkpoint by checkpoint, then block by block).
+Only the latest guess through a checkpoint is consulted: where two guesses for one worker part, the
+overlap may be under-counted (a guess, not a fact).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class IndexCounters:
 class _Guess:
     expiry: float
     hashes: Sequence[int]
+    start: int  # the first guessed block (the blocks before it were held by the worker's events)
 
 
 @dataclass
@@ -72,7 +77,6 @@ class KvIndex:
         self._free_bits: list[int] = []
         self._next_bit = 0
         self._held: dict[int, int] = {}  # router hash -> bitmask of workers whose events say they hold it
-        self._guessed: dict[int, int] = {}  # checkpoint hash -> bitmask of workers guessed to hold it
         self._expiries: deque[tuple[str, _Guess]] = deque()  # guesses in expiry order
         self.counters = IndexCounters()
 
@@ -93,9 +97,6 @@ class KvIndex:
         if worker is None:
             return
         self._drop_all_events(worker)
-        mask = ~(1 << worker.bit)
-        for h in worker.guessed:
-            self._clear_bit(self._guessed, h, mask)
         worker.guessed.clear()
         self._free_bits.append(worker.bit)
         self.counters.purges += 1
@@ -231,17 +232,18 @@ class KvIndex:
     # --- guesses -------------------------------------------------------------------------------
 
     def guess(self, worker_id: str, hashes: Sequence[int], ttl: float) -> None:
-        """Assume `worker_id` holds `hashes` (a prompt's chain, from its first block) for `ttl` seconds."""
+        """Assume `worker_id` holds `hashes` (a prompt's chain, from its first block) for `ttl`
+        seconds: from where its events leave off to the end."""
         worker = self._workers.get(worker_id)
         if worker is None or ttl <= 0 or not hashes:
             return
-        entry = _Guess(self._clock() + ttl, hashes)  # type: ignore[operator]
-        bit = 1 << worker.bit
-        table, guessed = self._guessed, worker.guessed
-        get = table.get
-        for h in hashes[::GUESS_STRIDE]:
+        start = self._held_depth(hashes, worker)
+        if start >= len(hashes):
+            return  # all vouched for by its events
+        entry = _Guess(self._clock() + ttl, hashes, start)  # type: ignore[operator]
+        guessed = worker.guessed
+        for h in hashes[start - start % GUESS_STRIDE::GUESS_STRIDE]:
             guessed[h] = entry
-            table[h] = get(h, 0) | bit
         self._expiries.append((worker_id, entry))
 
     def expire(self) -> None:
@@ -253,11 +255,10 @@ class KvIndex:
             worker = self._workers.get(worker_id)
             if worker is None:
                 continue  # purged since
-            guessed, mask = worker.guessed, ~(1 << worker.bit)
-            for h in entry.hashes[::GUESS_STRIDE]:
+            guessed, start = worker.guessed, entry.start
+            for h in entry.hashes[start - start % GUESS_STRIDE::GUESS_STRIDE]:
                 if guessed.get(h) is entry:
                     del guessed[h]
-                    self._clear_bit(self._guessed, h, mask)
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -271,36 +272,43 @@ class KvIndex:
         if not hashes:
             return result
         workers = [(wid, w) for wid in worker_ids if (w := self._workers.get(wid)) is not None]
-        closed = 0  # workers whose held blocks are prefix-closed: bisection is exact for them
+        closed: dict[int, str] = {}  # bit -> worker id, of workers whose held blocks are prefix-closed
         for wid, worker in workers:
             if worker.orphans:
-                result[wid] = self.held_depth(hashes, wid)
+                result[wid] = self._held_depth(hashes, worker)
             else:
-                closed |= 1 << worker.bit
-        held_depths = _drop_outs(self._held, hashes, closed)
-        guess_depths = _drop_outs(self._guessed, hashes[::GUESS_STRIDE], closed | _bits(workers))
+                closed[worker.bit] = wid
+        if closed:
+            for mask, depth in _drop_outs(self._held, hashes, sum(1 << bit for bit in closed)):
+                while mask:
+                    low = mask & -mask
+                    result[closed[low.bit_length() - 1]] = depth
+                    mask ^= low
+        n = len(hashes)
         for wid, worker in workers:
-            bit = 1 << worker.bit
-            depth = result[wid]
-            for mask, at in held_depths:
-                if mask & bit:
-                    depth = at
-                    break
-            for mask, at in guess_depths:
-                if mask & bit:  # the deepest checkpoint it was guessed through; finish with that guess
-                    start = (at - 1) * GUESS_STRIDE
-                    if start + GUESS_STRIDE > depth:
-                        depth = max(depth, _common_prefix(worker.guessed[hashes[start]].hashes, hashes, start,
-                                                          start + GUESS_STRIDE))
-                    break
-            result[wid] = depth
+            held = result[wid]
+            if not worker.guessed or held >= n:
+                continue
+            entry = worker.guessed.get(hashes[held - held % GUESS_STRIDE])
+            if entry is not None and entry.start <= held:
+                depth = _common_prefix(entry.hashes, hashes, held - held % GUESS_STRIDE)
+                if worker.orphans:  # blocks held past a gap may continue where the guess ends
+                    while depth < n and hashes[depth] in worker.held:
+                        depth += 1
+                result[wid] = max(held, depth)
         return result
 
     def held_depth(self, hashes: Sequence[int], worker_id: str) -> int:
-        """How many leading blocks of `hashes` the worker's own events say it holds (block by block)."""
+        """How many leading blocks of `hashes` the worker's own events say it holds."""
         worker = self._workers.get(worker_id)
-        if worker is None:
+        return self._held_depth(hashes, worker) if worker is not None else 0
+
+    def _held_depth(self, hashes: Sequence[int], worker: _Worker) -> int:
+        if not hashes:
             return 0
+        if not worker.orphans:  # prefix-closed: bisect
+            drop_outs = _drop_outs(self._held, hashes, 1 << worker.bit)
+            return drop_outs[0][1] if drop_outs else 0
         held = worker.held
         depth = 0
         for h in hashes:
@@ -324,13 +332,6 @@ class KvIndex:
         """The router hashes the worker's events say it holds (tests compare it with a model)."""
         worker = self._workers.get(worker_id)
         return set(worker.held) if worker is not None else set()
-
-
-def _bits(workers: list[tuple[str, _Worker]]) -> int:
-    mask = 0
-    for _, worker in workers:
-        mask |= 1 << worker.bit
-    return mask
 
 
 def _drop_outs(table: dict[int, int], chain: Sequence[int], alive: int) -> list[tuple[int, int]]:
@@ -360,10 +361,18 @@ def _drop_outs(table: dict[int, int], chain: Sequence[int], alive: int) -> list[
     return out
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int], start: int, stop: int) -> int:
-    """Where `a` and `b` (equal before `start`) first differ, looking no further than `stop`."""
-    stop = min(stop, len(a), len(b))
-    i = start
+def _common_prefix(a: Sequence[int], b: Sequence[int], start: int) -> int:
+    """How many leading entries two chains (equal through `start`) share: bisection over the
+    checkpoints after `start` (equal chain entries mean equal prefixes), then block by block."""
+    stop = min(len(a), len(b))
+    lo, hi = start // GUESS_STRIDE, (stop - 1) // GUESS_STRIDE  # checkpoint lo matches; find the last that does
+    while lo < hi:
+        mid = (lo + hi + 1) >> 1
+        if a[mid * GUESS_STRIDE] == b[mid * GUESS_STRIDE]:
+            lo = mid
+        else:
+            hi = mid - 1
+    i = lo * GUESS_STRIDE
     while i < stop and a[i] == b[i]:
         i += 1
     return i
