@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
@@ -37,6 +38,32 @@ class _Broken:
         self.error = error
 
 
+class _Inbox:
+    """A request's received items: a deque the reader appends to and the request's consumer reads
+    (and looks ahead in, to join outputs that queued up)."""
+
+    __slots__ = ("items", "_waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[pb.StreamItem | _Broken] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: pb.StreamItem | _Broken) -> None:
+        self.items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> pb.StreamItem | _Broken:
+        while not self.items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.items.popleft()
+
+
 class WorkerStream:
     """One GenerateStream call to one worker instance."""
 
@@ -44,7 +71,7 @@ class WorkerStream:
         self.record = record
         self.channel = client.channel(record)
         self._client = client
-        self._queues: dict[int, asyncio.Queue[pb.StreamItem | _Broken]] = {}
+        self._queues: dict[int, _Inbox] = {}
         self._ids = itertools.count(1)
         self._outbox: asyncio.Queue[pb.StreamRequestItem] = asyncio.Queue()
         self.error: BaseException | None = None
@@ -101,7 +128,7 @@ class WorkerStream:
         if self.error is not None:
             raise self.error
         sid = next(self._ids)
-        queue: asyncio.Queue[pb.StreamItem | _Broken] = asyncio.Queue()
+        queue = _Inbox()
         self._queues[sid] = queue
         self._outbox.put_nowait(pb.StreamRequestItem(stream_id=sid, generate=codec.request_to_pb(request)))
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -121,7 +148,21 @@ class WorkerStream:
                     done = True  # nothing left to cancel
                     raise item.error
                 if item.HasField("output"):
-                    yield codec.output_from_pb(item.output)
+                    output = codec.output_from_pb(item.output)
+                    # Outputs that queued up meanwhile (the consumer is slower than the worker: a
+                    # busy frontend) go on as one: one SSE chunk instead of several under load.
+                    waiting = queue.items
+                    while waiting and not item.done and _joinable(output):
+                        after = waiting[0]
+                        if isinstance(after, _Broken) or not after.HasField("output"):
+                            break
+                        then = codec.output_from_pb(after.output)
+                        if then.text is not None or (output.logprobs is None) != (then.logprobs is None):
+                            break  # (decoded again in its turn: rare)
+                        waiting.popleft()
+                        item = after
+                        output = _join(output, then)
+                    yield output
                 if item.done:
                     done = True
                     if item.status_code:
@@ -133,6 +174,21 @@ class WorkerStream:
             self._queues.pop(sid, None)
             if not done and self.error is None:
                 self._outbox.put_nowait(pb.StreamRequestItem(stream_id=sid, cancel=True))
+
+
+def _joinable(output: GenerateOutput) -> bool:
+    """Whether a later output can be appended to this one (it is a plain run of tokens)."""
+    return (output.finish_reason is None and output.disaggregated_params is None and output.error is None
+            and output.text is None and output.usage is None)
+
+
+def _join(first: GenerateOutput, then: GenerateOutput) -> GenerateOutput:
+    first.token_ids.extend(then.token_ids)
+    if first.logprobs is not None and then.logprobs is not None:
+        first.logprobs.extend(then.logprobs)
+    first.finish_reason, first.usage = then.finish_reason, then.usage
+    first.disaggregated_params, first.error = then.disaggregated_params, then.error
+    return first
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
