@@ -27,6 +27,7 @@ turns with ours, and the goal line compares the two at c=256.
 from __future__ import annotations
 
 import argparse
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -50,8 +51,8 @@ from tests.support.processes import FrontendProcess, WorkerProcess
 MODEL_NAME = "tiny"
 
 
-def start_frontend(discovery: Path, namespace: str) -> FrontendProcess:
-    fe = FrontendProcess(discovery, "--log-level", "warning", namespace=namespace)
+def start_frontend(discovery: Path, namespace: str, *args: str) -> FrontendProcess:
+    fe = FrontendProcess(discovery, "--log-level", "warning", *args, namespace=namespace)
     track(fe.proc.pid)
     return fe
 
@@ -91,7 +92,7 @@ async def run(a: argparse.Namespace) -> None:
         theirs_tok_s: dict[int, float] = {}
         try:
             workers = await start_workers(a.workers, discovery, a.speedup)
-            frontend = start_frontend(discovery, "bench")
+            frontend = start_frontend(discovery, "bench", *shlex.split(a.frontend_args))
             await frontend.wait_models({MODEL_NAME}, 90)
             if a.ai_dynamo:
                 theirs = AiDynamoGraph(a.ai_dynamo, ensure_tiny_model(), MODEL_NAME, a.workers, a.speedup)
@@ -117,7 +118,8 @@ async def run(a: argparse.Namespace) -> None:
                 http = summarise(f"HTTP frontend + {a.workers} mocker", concurrency, raw, cpu,
                                  expected_tokens=requests * a.max_tokens)
                 tokens = requests * a.max_tokens
-                rss = psutil.Process(frontend.proc.pid).memory_info().rss / 2**20
+                parent = psutil.Process(frontend.proc.pid)  # (with --num-workers: its serving children too)
+                rss = sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)]) / 2**20
                 http_tok_s[concurrency] = http.tok_s
                 split.append(f"{http.label:<34} {concurrency:>4} {cpu[0] / http.wall:>8.2f} "
                              f"{sum(cpu[1:]) / http.wall:>8.2f} {http.client_cores:>7.2f}               "
@@ -180,6 +182,7 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=64, help="prompt size (gRPC tokens; HTTP about half as many words)")
     p.add_argument("--timeout", type=float, default=180.0, help="limit per load-generator run, seconds")
     p.add_argument("--profile", action="store_true", help="sample the frontend with py-spy during the c=64 run")
+    p.add_argument("--frontend-args", default="", help="more flags for our frontend, e.g. '--num-workers 2'")
     p.add_argument("--ai-dynamo", metavar="PYTHON", default=None,
                    help="also measure NVIDIA Dynamo's frontend + mocker from this Python (ai-dynamo installed)")
     run_main(run(p.parse_args()))
