@@ -53,18 +53,20 @@ def _splitmix(x: int) -> int:  # (only to derive the weights)
 
 
 class _Powers:
-    """K^i and K^-i mod 2^64 for i < n, grown on demand."""
+    """K^i and K^-i mod 2^64 for i < n, grown on demand (replaced as one pair: the tokenizing threads
+    hash prompts too, and a reader must never see one grown and the other not)."""
 
     def __init__(self) -> None:
-        self.up = np.ones(0, dtype=np.uint64)
-        self.down = np.ones(0, dtype=np.uint64)
+        self._pair = (np.ones(0, dtype=np.uint64), np.ones(0, dtype=np.uint64))
 
     def get(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        if len(self.up) < n:
-            size = max(n, 2 * len(self.up), 1024)
-            self.up = np.concatenate(([np.uint64(1)], np.cumprod(np.full(size - 1, _K, dtype=np.uint64))))
-            self.down = np.concatenate(([np.uint64(1)], np.cumprod(np.full(size - 1, _K_INV, dtype=np.uint64))))
-        return self.up[:n], self.down[:n]
+        up, down = self._pair
+        if len(up) < n:
+            size = max(n, 2 * len(up), 1024)
+            up = np.concatenate(([np.uint64(1)], np.cumprod(np.full(size - 1, _K, dtype=np.uint64))))
+            down = np.concatenate(([np.uint64(1)], np.cumprod(np.full(size - 1, _K_INV, dtype=np.uint64))))
+            self._pair = (up, down)
+        return up[:n], down[:n]
 
 
 _POWERS = _Powers()
