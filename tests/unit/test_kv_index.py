@@ -267,15 +267,15 @@ def test_guesses_and_events_combine_as_the_longer_prefix() -> None:
     assert index.held_depth(hashes, "w") == 0 and index.overlaps(hashes, ["w"]) == {"w": 0}
 
 
-@settings(max_examples=100, deadline=None)
-@given(ops=st.lists(st.tuples(st.sampled_from(["store", "store", "remove", "guess", "guess", "expire"]),
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["store", "store", "remove", "guess", "guess", "time"]),
                               st.integers(0, len(DOCS) - 1), st.integers(1, 6)), min_size=1, max_size=40),
        seed=st.integers(0, 1000))
 def test_guesses_extend_what_events_hold_as_a_block_by_block_union_would(
         ops: list[tuple[str, int, int]], seed: int) -> None:
-    """One live guess per worker at a time (several that part are documented to under-count): the
-    overlap equals the longest prefix whose every block is held by events or inside the guess
-    (from where the events left off when it was made, to its end)."""
+    """The overlap equals the longest prefix whose every block is held by events or inside a live
+    guess (each from where the events left off when it was made, to its end): guesses of prompts
+    that share a prefix at different lengths, made at different times, expiring one by one."""
     from dynamo.frontend.router import index as index_module
 
     rng = random.Random(seed)
@@ -285,7 +285,7 @@ def test_guesses_extend_what_events_hold_as_a_block_by_block_union_would(
     index.subscribed("w", 0)
     engine = Engine(seed=seed)
     model = Model()
-    live: tuple[list[int], int] | None = None  # (guessed chain, its first guessed block)
+    live: list[tuple[float, list[int]]] = []  # (expiry, the guessed blocks)
     long_docs = [doc * 8 for doc in DOCS]  # 48 blocks: guesses span several checkpoints
     assert index_module.GUESS_STRIDE < 48
     for op, doc, n in ops:
@@ -295,23 +295,23 @@ def test_guesses_extend_what_events_hold_as_a_block_by_block_union_would(
                 model.apply("w", engine, engine.number(event))
                 index.apply("w", event)
         elif op == "guess":
-            now[0] += 20  # the previous guess expires first: one live guess at a time
-            index.expire()
-            chain = block_hashes(long_docs[doc][:n * 8 * BS], BS)
+            if sum(1 for expiry, _ in live if expiry > now[0]) >= 8:  # (the index keeps 8 per checkpoint)
+                continue
+            prefix = long_docs[doc][:n * 7 * BS] + [rng.randrange(50) for _ in range(rng.randrange(0, 3) * BS)]
+            chain = block_hashes(prefix, BS)
             index.guess("w", chain, ttl=10)
             held = model.held("w")
             start = 0
             while start < len(chain) and chain[start] in held:
                 start += 1
-            live = (chain, start) if start < len(chain) else None
+            live.append((now[0] + 10, chain[start:]))
         else:
-            now[0] += 20
+            now[0] += n * 1.5
             index.expire()
-            live = None
         held = model.held("w")
+        guessed = {h for expiry, blocks in live if expiry > now[0] for h in blocks}
         for query_doc in long_docs:
             query = block_hashes(query_doc, BS)
-            guessed = set(live[0][live[1]:]) if live is not None else set()
             expected = 0
             while expected < len(query) and (query[expected] in held or query[expected] in guessed):
                 expected += 1

@@ -149,7 +149,8 @@ def test_a_prompt_hashed_ahead_is_not_hashed_again_by_its_decision(monkeypatch) 
     worker_thread.start()
     worker_thread.join(timeout=10)
     calls: list[int] = []
-    monkeypatch.setattr(kv, "block_hashes", lambda ids, size: calls.append(len(ids)) or block_hashes(ids, size))
+    real = kv.prompt_hashes
+    monkeypatch.setattr(kv, "prompt_hashes", lambda ids, size: calls.append(len(ids)) or real(ids, size))
     first = route(router, recs, tokens, "a")
     assert calls == [] and first.overlap_blocks == 0
     first.finished(None)

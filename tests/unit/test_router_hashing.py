@@ -8,7 +8,7 @@ import random
 import pytest
 
 from dynamo.frontend.router import hashing
-from dynamo.frontend.router.hashing import block_hashes
+from dynamo.frontend.router.hashing import block_hashes, prompt_hashes
 
 
 @pytest.mark.parametrize("block_size", [1, 4, 16, 32])
@@ -17,7 +17,7 @@ def test_numpy_and_python_paths_agree_and_chains_continue(block_size: int) -> No
     for n in (0, 1, 3, 4, 5, 8, 63, 64, 65, 200, 1500):
         tokens = [rng.randrange(2**32) for _ in range(n * block_size + rng.randrange(block_size))]
         full = block_hashes(tokens, block_size)
-        assert len(full) == n
+        assert len(full) == n and list(prompt_hashes(tokens, block_size)) == full
         assert full == hashing._block_hashes_py(tokens, block_size, n, hashing._ROOT)
         for cut in {1, n // 2, n - 1} - {0, n} if n > 1 else set():
             rest = block_hashes(tokens[cut * block_size:], block_size, full[cut - 1])

@@ -23,10 +23,10 @@ A guess covers the prompt from where the chosen worker's events left off (what t
 guessed, so an eviction there shows at once) to its end. It is indexed only at every
 GUESS_STRIDE-th block from the stretch it starts in, with a reference to the guessed prompt's hashes:
 a decision records ~64 entries for a 1024-block prompt instead of 1024. A worker's overlap is its
-held prefix, extended by the guess found at the checkpoint at or before that prefix's end when the
-guess starts within it (compared with the prompt checkpoint by checkpoint, then block by block).
-Only the latest guess through a checkpoint is consulted: where two guesses for one worker part, the
-overlap may be under-counted (a guess, not a fact).
+held prefix, extended through the guesses found at the checkpoint at or before the end of what is
+covered so far when they start within it (each compared with the prompt checkpoint by checkpoint,
+then block by block), and through held blocks past a gap: the block-by-block union of events and
+guesses. Up to _GUESSES_PER_CHECKPOINT live guesses per worker and checkpoint are kept (the newest).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from dynamo.frontend.router.hashing import block_hashes
 from dynamo.llm.protocol import KvEvent, KvEventKind
 
 GUESS_STRIDE = 16  # guesses are indexed at blocks 0, 16, 32, ...
+_GUESSES_PER_CHECKPOINT = 8  # live guesses kept per worker and checkpoint (the newest)
 
 
 @dataclass
@@ -66,7 +67,9 @@ class _Worker:
     copies: dict[int, int] = field(default_factory=dict)  # router hash -> engine blocks mapped beyond the first
     children: dict[int, int] = field(default_factory=dict)  # router hash -> held blocks naming it as parent
     orphans: int = 0  # held blocks whose parent is not held: while > 0, overlaps walk this worker exactly
-    guessed: dict[int, _Guess] = field(default_factory=dict)  # checkpoint hash -> the latest guess through it
+    # checkpoint hash -> the live guess through it, or a list of them when several (rare: a new
+    # container per checkpoint and decision would feed the garbage collector ~64 objects a decision)
+    guessed: dict[int, _Guess | list[_Guess]] = field(default_factory=dict)
     next_event_id: int | None = None
 
 
@@ -243,11 +246,19 @@ class KvIndex:
         entry = _Guess(self._clock() + ttl, hashes, start)  # type: ignore[operator]
         guessed = worker.guessed
         for h in hashes[start - start % GUESS_STRIDE::GUESS_STRIDE]:
-            guessed[h] = entry
+            there = guessed.get(h)
+            if there is None:
+                guessed[h] = entry
+            elif isinstance(there, _Guess):
+                guessed[h] = [there, entry]
+            else:
+                there.append(entry)
+                if len(there) > _GUESSES_PER_CHECKPOINT:
+                    del there[0]  # the oldest (it expires first anyway)
         self._expiries.append((worker_id, entry))
 
     def expire(self) -> None:
-        """Drop guesses past their TTL (a checkpoint guessed again later keeps the newer guess)."""
+        """Drop guesses past their TTL."""
         now = self._clock()  # type: ignore[operator]
         expiries = self._expiries
         while expiries and expiries[0][1].expiry <= now:
@@ -257,8 +268,16 @@ class KvIndex:
                 continue  # purged since
             guessed, start = worker.guessed, entry.start
             for h in entry.hashes[start - start % GUESS_STRIDE::GUESS_STRIDE]:
-                if guessed.get(h) is entry:
+                there = guessed.get(h)
+                if there is entry:
                     del guessed[h]
+                elif isinstance(there, list):
+                    for i, other in enumerate(there):
+                        if other is entry:
+                            del there[i]
+                            break
+                    if len(there) == 1:
+                        guessed[h] = there[0]
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -284,19 +303,30 @@ class KvIndex:
                     low = mask & -mask
                     result[closed[low.bit_length() - 1]] = depth
                     mask ^= low
-        n = len(hashes)
         for wid, worker in workers:
-            held = result[wid]
-            if not worker.guessed or held >= n:
-                continue
-            entry = worker.guessed.get(hashes[held - held % GUESS_STRIDE])
-            if entry is not None and entry.start <= held:
-                depth = _common_prefix(entry.hashes, hashes, held - held % GUESS_STRIDE)
-                if worker.orphans:  # blocks held past a gap may continue where the guess ends
-                    while depth < n and hashes[depth] in worker.held:
-                        depth += 1
-                result[wid] = max(held, depth)
+            if worker.guessed:
+                result[wid] = self._extend_by_guesses(worker, hashes, result[wid])
         return result
+
+    @staticmethod
+    def _extend_by_guesses(worker: _Worker, hashes: Sequence[int], depth: int) -> int:
+        """From `depth` (what the worker holds), on through the guesses that start within what is
+        covered so far, and through held blocks past a gap: the block-by-block union of the two."""
+        n = len(hashes)
+        while depth < n:
+            checkpoint = depth - depth % GUESS_STRIDE
+            reach = depth
+            there = worker.guessed.get(hashes[checkpoint])
+            for entry in (() if there is None else (there,) if isinstance(there, _Guess) else there):
+                if entry.start <= depth:
+                    reach = max(reach, _common_prefix(entry.hashes, hashes, checkpoint))
+            if worker.orphans:
+                while reach < n and hashes[reach] in worker.held:
+                    reach += 1
+            if reach == depth:
+                break
+            depth = reach
+        return depth
 
     def held_depth(self, hashes: Sequence[int], worker_id: str) -> int:
         """How many leading blocks of `hashes` the worker's own events say it holds."""

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from dynamo.frontend.router.cost import Candidate, choose, costs
-from dynamo.frontend.router.hashing import block_hashes
+from dynamo.frontend.router.hashing import prompt_hashes
 from dynamo.frontend.router.index import KvIndex
 from dynamo.frontend.router.load import LoadTracker
 from dynamo.frontend.router.policies import Decision
@@ -69,9 +69,9 @@ class KvRouter:
         self.index = KvIndex(clock) if clock is not None else KvIndex()
         self.loads = LoadTracker()
         self._rng = random.Random(settings.seed)
-        self._hash_cache: tuple[tuple[str, int, int], list[int]] | None = None  # (request id, size, length)
+        self._hash_cache: tuple[tuple[str, int, int], Sequence[int]] | None = None  # (request id, size, length)
         # Prompts hashed ahead of their decision (prehash), by the identity of their token list:
-        self._prehashed: OrderedDict[int, tuple[list[int], int, list[int]]] = OrderedDict()
+        self._prehashed: OrderedDict[int, tuple[list[int], int, Sequence[int]]] = OrderedDict()
         self._prehashed_lock = threading.Lock()
 
     def _block_size(self, record: InstanceRecord) -> int:
@@ -89,13 +89,13 @@ class KvRouter:
         it (thread-safe). Reading 16k fresh token ids costs a third of what it costs once they have
         left the CPU's cache, and the event loop runs meanwhile; the decision looks the hashes up by
         the token list's identity (the list is kept, so its id cannot be reused)."""
-        hashes = block_hashes(token_ids, block_size)
+        hashes = prompt_hashes(token_ids, block_size)
         with self._prehashed_lock:
             self._prehashed[id(token_ids)] = (token_ids, block_size, hashes)
             while len(self._prehashed) > _PREHASHED_KEPT:  # prompts that were never routed (refused, cancelled)
                 self._prehashed.popitem(last=False)
 
-    def _hashes(self, request: GenerateRequest, block_size: int) -> list[int]:
+    def _hashes(self, request: GenerateRequest, block_size: int) -> Sequence[int]:
         # A disaggregated request is routed twice (prefill, decode) with the same prompt: hash once.
         key = (request.request_id, block_size, len(request.token_ids))
         cached = self._hash_cache
@@ -106,7 +106,7 @@ class KvRouter:
         if ahead is not None and ahead[0] is request.token_ids and ahead[1] == block_size:
             hashes = ahead[2]
         else:
-            hashes = block_hashes(request.token_ids, block_size)
+            hashes = prompt_hashes(request.token_ids, block_size)
         self._hash_cache = (key, hashes)
         return hashes
 
@@ -118,7 +118,7 @@ class KvRouter:
         prompt = request.token_ids
         # Workers of one model share a block size; a fleet that mixes sizes is priced per size.
         overlaps: dict[str, int] = {}
-        hashes_by_size: dict[int, list[int]] = {}
+        hashes_by_size: dict[int, Sequence[int]] = {}
         for size in set(sizes.values()):
             hashes_by_size[size] = self._hashes(request, size)
             if overlap_credit:
