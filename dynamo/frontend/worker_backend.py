@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Collection
-from functools import partial
 from typing import NamedTuple
 
 from dynamo.frontend.args import FrontendConfig
@@ -179,9 +178,7 @@ class WorkerServingBackend:
         return list(self.pool.cards(SERVING_ROLES).values())
 
     def prompt_hasher(self, card: ModelCard) -> Callable[[list[int]], None] | None:
-        if self.kv_router is None:
-            return None
-        return partial(self.kv_router.prehash, block_size=card.kv_block_size or 16)
+        return self.kv_router.prompt_hasher(card) if self.kv_router is not None else None
 
     def card(self, model: str) -> ModelCard:
         cards = self.pool.cards(SERVING_ROLES)

@@ -80,13 +80,17 @@ def block_hashes(token_ids: Sequence[int], block_size: int, parent: int | None =
     if n < _NUMPY_FROM_BLOCKS:
         return _block_hashes_py(token_ids, block_size, n, seed)
     if n < _NUMPY_CHAIN_FROM_BLOCKS:  # a few blocks (a KV event): the chain costs less in Python
-        out: list[int] = []
-        append = out.append
-        for digest in _digests(token_ids, block_size, n).tolist():
-            seed = (seed * _K + digest) & _MASK
-            append(seed)
-        return out
+        return _chain_py(_digests(token_ids, block_size, n).tolist(), seed)
     return _chain(token_ids, block_size, n, seed).tolist()
+
+
+def _chain_py(digests: list[int], seed: int) -> list[int]:
+    out: list[int] = []
+    append = out.append
+    for digest in digests:
+        seed = (seed * _K + digest) & _MASK
+        append(seed)
+    return out
 
 
 def _digests(token_ids: Sequence[int], block_size: int, n: int) -> np.ndarray:
@@ -119,13 +123,12 @@ def prompt_hashes(token_ids: Sequence[int], block_size: int) -> array[int]:
 def _block_hashes_py(token_ids: Sequence[int], block_size: int, n: int, seed: int) -> list[int]:
     weights = _weights(block_size)[0]
     mul = operator.mul
-    out: list[int] = []
     if n and (min(token_ids) < 0 or max(token_ids) > 0xFFFFFFFF):
         raise OverflowError("token ids must lie in [0, 2^32)")  # as the numpy path's conversion says
+    digests = []
     for start in range(0, n * block_size, block_size):
         digest = sum(map(mul, token_ids[start:start + block_size], weights)) & _MASK
         digest ^= digest >> 32
         digest = (digest * _F) & _MASK
-        seed = (seed * _K + (digest ^ (digest >> 29))) & _MASK
-        out.append(seed)
-    return out
+        digests.append(digest ^ (digest >> 29))
+    return _chain_py(digests, seed)

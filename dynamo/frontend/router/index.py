@@ -321,8 +321,7 @@ class KvIndex:
                 if entry.start <= depth:
                     reach = max(reach, _common_prefix(entry.hashes, hashes, checkpoint))
             if worker.orphans:
-                while reach < n and hashes[reach] in worker.held:
-                    reach += 1
+                reach = _held_run(worker.held, hashes, reach)
             if reach == depth:
                 break
             depth = reach
@@ -339,13 +338,7 @@ class KvIndex:
         if not worker.orphans:  # prefix-closed: bisect
             drop_outs = _drop_outs(self._held, hashes, 1 << worker.bit)
             return drop_outs[0][1] if drop_outs else 0
-        held = worker.held
-        depth = 0
-        for h in hashes:
-            if h not in held:
-                break
-            depth += 1
-        return depth
+        return _held_run(worker.held, hashes, 0)
 
     def summary(self) -> dict[str, object]:
         """For /v1/router/state and the metrics: sizes per worker and in all."""
@@ -389,6 +382,14 @@ def _drop_outs(table: dict[int, int], chain: Sequence[int], alive: int) -> list[
         if mid_mask != hi_mask:
             pending.append((mid, mid_mask, hi, hi_mask))
     return out
+
+
+def _held_run(held: dict[int, int | None], hashes: Sequence[int], start: int) -> int:
+    """Where the run of held blocks of `hashes` from `start` ends (block by block)."""
+    n = len(hashes)
+    while start < n and hashes[start] in held:
+        start += 1
+    return start
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int], start: int) -> int:

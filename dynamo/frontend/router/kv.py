@@ -14,6 +14,7 @@ import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from dynamo.frontend.router.cost import Candidate, choose, costs
 from dynamo.frontend.router.hashing import prompt_hashes
@@ -21,6 +22,7 @@ from dynamo.frontend.router.index import KvIndex
 from dynamo.frontend.router.load import LoadTracker
 from dynamo.frontend.router.policies import Decision
 from dynamo.frontend.router.settings import KvRouterSettings, RouterObserver
+from dynamo.llm.model_card import ModelCard
 from dynamo.llm.model_pool import card_of
 from dynamo.llm.protocol import GenerateRequest, Usage
 from dynamo.runtime.discovery.records import InstanceRecord
@@ -28,6 +30,10 @@ from dynamo.runtime.discovery.records import InstanceRecord
 log = logging.getLogger(__name__)
 
 _PREHASHED_KEPT = 64  # prompts hashed ahead and not routed yet (each routing takes its own out)
+
+
+def _block_size_of(card: ModelCard | None) -> int:
+    return card.kv_block_size if card is not None and card.kv_block_size > 0 else 16
 
 
 class _Unobserved:
@@ -78,11 +84,15 @@ class KvRouter:
         size = self.index.block_size(record.instance_id)
         if size is None:  # not announced by the intake yet: take it from the record's model card
             card = card_of(record)
-            size = card.kv_block_size if card is not None and card.kv_block_size > 0 else 16
+            size = _block_size_of(card)
             self.index.add_worker(record.instance_id, size)
             if card is not None:
                 self.loads.load(record.instance_id).total_blocks = card.total_kv_blocks
         return size
+
+    def prompt_hasher(self, card: ModelCard) -> Callable[[list[int]], None]:
+        """`prehash` for prompts of the model `card` describes (its workers' block size)."""
+        return partial(self.prehash, block_size=_block_size_of(card))
 
     def prehash(self, token_ids: list[int], block_size: int) -> None:
         """Hash a prompt's blocks before its decision; called in the thread that has just tokenized
