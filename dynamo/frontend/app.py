@@ -77,6 +77,7 @@ class FrontendApp:
         self.metrics = metrics or FrontendMetrics()
         self.metrics.router_state.state = getattr(backend, "router_state", None)
         self.metrics.idle_prefill.source = getattr(backend, "idle_prefill", None)
+        self.metrics.pacing.source = getattr(backend, "pacing", None)
         self.tokenizers = TokenizerCache()
         self._openapi = orjson.dumps(openapi_document())
 

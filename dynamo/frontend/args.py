@@ -40,6 +40,9 @@ class FrontendConfig:
     max_inflight_per_worker: int = 0  # 0: no limit; else busier workers answer 429
     max_inflight: int = 0  # generate requests one frontend process serves at once (0: no limit); past it, 503
     num_workers: int = 1  # frontend processes sharing the HTTP port (multiprocess.py)
+    # SSE chunks per second one process aims to write at most, shared by its open streams (0: one
+    # chunk per worker output, unpaced); see dynamo.llm.stream_client.OutputPacing
+    stream_chunk_rate: float = 8000.0
     api_key: str | None = None
     log_level: str = "info"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -99,6 +102,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
                  default=d.num_workers, env=env, type=int_range(1),
                  help="frontend processes serving the one HTTP port (each with its own discovery watch, "
                       "router state and event loop; /metrics adds them up)")
+    add_env_flag(p, "--stream-chunk-rate", env_var="DYN_STREAM_CHUNK_RATE", default=d.stream_chunk_rate, env=env,
+                 type=float_range(0.0),
+                 help="output deliveries (SSE chunks) per second one frontend process aims to stay under, "
+                      "shared by its open requests: with S of them, each gets its tokens at most every "
+                      "S / RATE s (not below 1 ms, at most 1 s; a request's last output never waits), "
+                      "tokens arriving meanwhile joined into one chunk. Under load a stream's chunks grow "
+                      "instead of the writes per second (0: every worker output on its own)")
     add_env_flag(p, "--migration-limit", env_var="DYN_MIGRATION_LIMIT", default=d.migration_limit, env=env,
                  type=int_range(0), help="times a broken stream may be retried on another worker")
     add_env_flag(p, "--request-progress-timeout", env_var="DYN_REQUEST_PROGRESS_TIMEOUT",
@@ -142,7 +152,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         discovery=DiscoveryConfig.from_args(ns), router_mode=ns.router_mode,
         migration_limit=ns.migration_limit, max_inflight_per_worker=ns.max_inflight_per_worker,
         request_progress_timeout=ns.request_progress_timeout,
-        max_inflight=ns.max_inflight, num_workers=ns.num_workers,
+        max_inflight=ns.max_inflight, num_workers=ns.num_workers, stream_chunk_rate=ns.stream_chunk_rate,
         api_key=ns.api_key or None, log_level=ns.log_level, max_body_bytes=ns.max_body_bytes,
         request_transport=ns.request_transport, tls=tls,
         tool_call_parser=ns.tool_call_parser, reasoning_parser=ns.reasoning_parser)

@@ -89,6 +89,20 @@ class IdlePrefillCollector(Collector):
         yield gauge
 
 
+class PacingCollector(Collector):
+    """How far apart this process hands out a stream's outputs now (read when scraped)."""
+
+    def __init__(self) -> None:
+        self.source: Any = None  # the backend's OutputPacing (None: unpaced)
+
+    def collect(self) -> Iterator[Metric]:
+        pacing = self.source
+        yield GaugeMetricFamily("dynamo_frontend_stream_pacing_seconds",
+                                "Least time between two output deliveries (SSE chunks) of one stream in this "
+                                "process now: open streams / --stream-chunk-rate (0: unpaced)",
+                                value=pacing.interval() if pacing is not None else 0.0)
+
+
 class FrontendMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -119,6 +133,8 @@ class FrontendMetrics:
         r.register(self.router_state)
         self.idle_prefill = IdlePrefillCollector()
         r.register(self.idle_prefill)
+        self.pacing = PacingCollector()
+        r.register(self.pacing)
         r.register(malformed.COLLECTOR)  # discovery records this process skipped
 
     def render(self) -> bytes:
@@ -129,6 +145,7 @@ class FrontendMetrics:
             multiprocess.MultiProcessCollector(registry)
             registry.register(self.router_state)  # the answering process's own index
             registry.register(self.idle_prefill)
+            registry.register(self.pacing)  # the answering process's
             registry.register(malformed.COLLECTOR)
             return generate_latest(registry)
         return generate_latest(self.registry)

@@ -23,6 +23,7 @@ from dynamo.llm.errors import NoWorkersError, PrefillError, WorkerError
 from dynamo.llm.model_card import ModelCard, Role
 from dynamo.llm.model_pool import SERVING_ROLES, ModelPool, card_of
 from dynamo.llm.protocol import FinishReason, GenerateOutput, GenerateRequest, Usage
+from dynamo.llm.stream_client import OutputPacing
 from dynamo.llm.transport import DEFAULT_TRANSPORT
 from dynamo.llm.worker_group import WorkerGroup
 from dynamo.runtime.discovery import Discovery, open_discovery
@@ -104,12 +105,15 @@ class WorkerServingBackend:
                  kv_router: KvRouterSettings | None = None, router_observer: RouterObserver | None = None,
                  request_transport: str = DEFAULT_TRANSPORT, migration_limit: int = 0,
                  prefill_timeout: float = 30.0, max_inflight_per_worker: int = 0,
-                 progress_timeout: float = 0.0, owns_discovery: bool = True) -> None:
+                 progress_timeout: float = 0.0, owns_discovery: bool = True,
+                 stream_chunk_rate: float = 0.0) -> None:
         """`progress_timeout` (> 0): a worker that sends nothing for a request for this long is held
-        out of rotation and the request migrated (within `migration_limit`) or failed with 504."""
+        out of rotation and the request migrated (within `migration_limit`) or failed with 504.
+        `stream_chunk_rate` (> 0): this process's budget of output deliveries per second (OutputPacing)."""
         self._discovery = discovery
         self._owns_discovery = owns_discovery
-        self.pool = ModelPool(discovery, namespace, request_transport)
+        self.pacing = OutputPacing(stream_chunk_rate) if stream_chunk_rate > 0 else None
+        self.pool = ModelPool(discovery, namespace, request_transport, self.pacing)
         self.router_mode = router_mode
         self.kv_router: KvRouter | None = None
         self._kv_intake: KvIntake | None = None
@@ -400,5 +404,6 @@ async def create_serving_backend(config: FrontendConfig, router_observer: Router
                                    request_transport=config.request_transport,
                                    migration_limit=config.migration_limit,
                                    max_inflight_per_worker=config.max_inflight_per_worker,
-                                   progress_timeout=config.request_progress_timeout)
+                                   progress_timeout=config.request_progress_timeout,
+                                   stream_chunk_rate=config.stream_chunk_rate)
     return await backend.start()

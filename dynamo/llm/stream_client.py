@@ -5,6 +5,11 @@ A request gets a stream id and a queue; one reader task hands each received item
 queue. A request that stops early (its consumer went away) sends a cancel for its stream id. When the
 stream breaks (the worker died or drained away), every request on it fails the way a `Generate`
 call would have (InstanceUnreachableError or grpc.aio.AioRpcError), so callers handle both alike.
+
+Outputs of one request that queue up before its consumer asks again are handed over joined, as one.
+With an `OutputPacing` (the frontend's), a request's consumer is also handed outputs at most every
+so often, however fast they arrive: a busy frontend writes fewer, larger SSE chunks instead of
+spending itself on one write per token. A request's last output never waits for the pacing.
 """
 
 from __future__ import annotations
@@ -38,23 +43,70 @@ class _Broken:
         self.error = error
 
 
+class OutputPacing:
+    """A budget of deliveries per second for one process, shared by the requests open through it.
+
+    Each request is handed its outputs at most every `open / rate` seconds (none below 1 ms, at most
+    1 s): the more streams a process serves, the more tokens each delivery carries, so its writes per
+    second stay near `rate` whatever the concurrency. A lone stream is not paced at all.
+    """
+
+    MIN_S = 0.001  # below this, pacing saves nothing and a timer per delivery would cost
+    MAX_S = 1.0  # a stream never holds tokens back longer than this
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError(f"a pacing rate must be positive, not {rate}")
+        self.rate = rate
+        self.open = 0  # requests being read through worker streams now
+
+    def interval(self) -> float:
+        s = self.open / self.rate
+        return 0.0 if s < self.MIN_S else min(s, self.MAX_S)
+
+
+def _ends(item: pb.StreamItem | _Broken) -> bool:
+    """Whether nothing follows this item on its request (the last output, an error, a broken stream)."""
+    return isinstance(item, _Broken) or item.done
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class _Inbox:
     """A request's received items: a deque the reader appends to and the request's consumer reads
     (and looks ahead in, to join outputs that queued up)."""
 
-    __slots__ = ("items", "_waiter")
+    __slots__ = ("items", "_waiter", "_paced")
 
     def __init__(self) -> None:
         self.items: deque[pb.StreamItem | _Broken] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._paced = False  # the consumer waits out its pacing: only a last item wakes it early
 
     def put_nowait(self, item: pb.StreamItem | _Broken) -> None:
         self.items.append(item)
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None and not waiter.done() and (not self._paced or _ends(item)):
             waiter.set_result(None)
 
-    async def get(self) -> pb.StreamItem | _Broken:
+    async def get(self, not_before: float = 0.0) -> pb.StreamItem | _Broken:
+        """The next item; with `not_before` (loop time), not before then unless the request's last
+        item is already here or arrives meanwhile."""
+        if not_before:
+            loop = asyncio.get_running_loop()
+            if loop.time() < not_before and not (self.items and _ends(self.items[-1])):
+                waiter = self._waiter = loop.create_future()
+                timer = loop.call_at(not_before, _wake, waiter)
+                self._paced = True
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    self._waiter = None
+                    self._paced = False
         while not self.items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -67,8 +119,9 @@ class _Inbox:
 class WorkerStream:
     """One GenerateStream call to one worker instance."""
 
-    def __init__(self, client: EndpointClient, record: InstanceRecord) -> None:
+    def __init__(self, client: EndpointClient, record: InstanceRecord, pacing: OutputPacing | None = None) -> None:
         self.record = record
+        self._pacing = pacing
         self.channel = client.channel(record)
         self._client = client
         self._queues: dict[int, _Inbox] = {}
@@ -133,14 +186,18 @@ class WorkerStream:
         self._outbox.put_nowait(pb.StreamRequestItem(stream_id=sid, generate=codec.request_to_pb(request)))
         deadline = None if timeout is None else time.monotonic() + timeout
         done = False
+        pacing = self._pacing
+        not_before = 0.0  # loop time before which the next delivery waits (pacing)
         self._client.acquire(self.record.instance_id)
+        if pacing is not None:
+            pacing.open += 1
         try:
             while True:
                 if deadline is None:
-                    item = await queue.get()
+                    item = await queue.get(not_before)
                 else:
                     try:
-                        item = await asyncio.wait_for(queue.get(), max(0.0, deadline - time.monotonic()))
+                        item = await asyncio.wait_for(queue.get(not_before), max(0.0, deadline - time.monotonic()))
                     except TimeoutError:
                         raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, _NO_METADATA,
                                                    _NO_METADATA, f"no answer within {timeout:g} s") from None
@@ -163,6 +220,9 @@ class WorkerStream:
                         item = after
                         output = _join(output, then)
                     yield output
+                    if pacing is not None:
+                        interval = pacing.interval()
+                        not_before = asyncio.get_running_loop().time() + interval if interval else 0.0
                 if item.done:
                     done = True
                     if item.status_code:
@@ -170,6 +230,8 @@ class WorkerStream:
                                                    _NO_METADATA, item.status_message)
                     return
         finally:
+            if pacing is not None:
+                pacing.open -= 1
             self._client.release(self.record.instance_id)
             self._queues.pop(sid, None)
             if not done and self.error is None:
@@ -203,8 +265,9 @@ class WorkerStreams:
     replaced when broken or when the instance's channel was replaced). Closing the client's
     channels ends them."""
 
-    def __init__(self, client: EndpointClient) -> None:
+    def __init__(self, client: EndpointClient, pacing: OutputPacing | None = None) -> None:
         self._client = client
+        self._pacing = pacing
         self._streams: dict[str, WorkerStream] = {}
 
     def get(self, record: InstanceRecord) -> WorkerStream:
@@ -212,6 +275,6 @@ class WorkerStreams:
         if stream is None or stream.broken or stream.channel is not self._client.channel(record):
             for iid in [i for i, s in self._streams.items() if s.broken]:  # instances gone since
                 del self._streams[iid]
-            stream = WorkerStream(self._client, record)
+            stream = WorkerStream(self._client, record, self._pacing)
             self._streams[record.instance_id] = stream
         return stream

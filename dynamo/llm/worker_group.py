@@ -18,7 +18,7 @@ from dynamo.llm import codec
 from dynamo.llm.errors import WorkerError
 from dynamo.llm.proto import worker_pb2 as pb
 from dynamo.llm.protocol import FinishReason, GenerateOutput, GenerateRequest, InvalidRequest
-from dynamo.llm.stream_client import WorkerStreams
+from dynamo.llm.stream_client import OutputPacing, WorkerStreams
 from dynamo.llm.transport import DEFAULT_TRANSPORT, check_transport
 from dynamo.runtime.discovery.records import InstanceRecord
 from dynamo.runtime.rpc.client import EndpointClient, InstanceUnreachableError
@@ -41,10 +41,12 @@ def _never_reached(detail: str) -> bool:
 
 
 class WorkerGroup:
-    def __init__(self, endpoint: EndpointClient, transport: str = DEFAULT_TRANSPORT) -> None:
+    def __init__(self, endpoint: EndpointClient, transport: str = DEFAULT_TRANSPORT,
+                 pacing: OutputPacing | None = None) -> None:
+        """`pacing`: how often a request's outputs are handed over at most (the stream transport)."""
         self.endpoint = endpoint
         self.transport = check_transport(transport)
-        self._streams = WorkerStreams(endpoint) if transport == "stream" else None
+        self._streams = WorkerStreams(endpoint, pacing) if transport == "stream" else None
 
     @property
     def label(self) -> str:

@@ -36,6 +36,7 @@ def test_env_then_flag_precedence() -> None:
     (["--http-port", "70000"], {}),
     (["--migration-limit", "-1"], {}),
     (["--max-inflight-per-worker", "-1"], {}),
+    (["--stream-chunk-rate", "-1"], {}),
     (["--discovery-backend", "zookeeper"], {}),
     ([], {"DYN_GENERATE_TRANSPORT": "carrier-pigeon"}),
     ([], {"DYN_LOG": "chatty"}),
@@ -66,3 +67,22 @@ def test_help_names_each_variable_and_default(capsys: pytest.CaptureFixture[str]
                 "DYN_GENERATE_TRANSPORT", "DYN_LOG", "DYN_MIGRATION_LIMIT"):
         assert f"env {var}" in text, var
     assert "default: round-robin" in text and "default: 8000" in text
+
+
+def test_stream_chunk_rate_paces_the_backend_and_shows_in_metrics() -> None:
+    from dynamo.frontend.metrics import FrontendMetrics
+    from dynamo.frontend.worker_backend import WorkerServingBackend
+    from dynamo.runtime.config import DiscoveryConfig
+    from dynamo.runtime.discovery import open_discovery
+
+    assert parse_args([], env={}).stream_chunk_rate == 8000
+    assert parse_args([], env={"DYN_STREAM_CHUNK_RATE": "0"}).stream_chunk_rate == 0
+    assert parse_args(["--stream-chunk-rate", "500"], env={"DYN_STREAM_CHUNK_RATE": "0"}).stream_chunk_rate == 500
+    discovery = open_discovery(DiscoveryConfig(backend="file", directory="/nonexistent-unused"))
+    assert WorkerServingBackend(discovery, "ns", stream_chunk_rate=0).pacing is None
+    backend = WorkerServingBackend(discovery, "ns", stream_chunk_rate=500)
+    assert backend.pacing is not None and backend.pool.pacing is backend.pacing
+    metrics = FrontendMetrics()
+    metrics.pacing.source = backend.pacing
+    backend.pacing.open = 50  # 50 open streams over 500 chunks/s: each every 0.1 s
+    assert b"dynamo_frontend_stream_pacing_seconds 0.1" in metrics.render()

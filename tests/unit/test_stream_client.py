@@ -1,11 +1,13 @@
 """The GenerateStream client's hand-over: outputs of one request that queued up while its consumer
 was busy go on as one output (one SSE chunk under load), in order, ending as the last one ended;
-outputs that cannot join (a prefill's handoff parameters) stay apart. A real grpc.aio server on
-loopback plays the worker, scripted per test."""
+outputs that cannot join (a prefill's handoff parameters) stay apart. With pacing, a request's
+outputs are handed over at most every interval, joined, except its last one, which never waits.
+A real grpc.aio server on loopback plays the worker, scripted per test."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -14,7 +16,7 @@ import pytest
 from dynamo.llm import codec
 from dynamo.llm.proto import worker_pb2 as pb
 from dynamo.llm.protocol import DisaggregatedParams, FinishReason, GenerateOutput, GenerateRequest, Usage
-from dynamo.llm.stream_client import GENERATE_STREAM_METHOD, WorkerStream
+from dynamo.llm.stream_client import GENERATE_STREAM_METHOD, OutputPacing, WorkerStream
 from dynamo.runtime.discovery.records import InstanceRecord
 
 Script = Callable[[int, asyncio.Event], AsyncIterator[pb.StreamResponse]]
@@ -44,20 +46,20 @@ class _Client:
         pass
 
 
-async def outputs_with(script: Script) -> tuple[list[GenerateOutput], int]:
-    """Run one request against a worker following `script`: the first output is read as soon as it
-    comes; `go` is then set, and the rest is read only once every message has reached the client."""
-    go = asyncio.Event()
-    sent = 0
+@contextlib.asynccontextmanager
+async def scripted_worker(script: Script, go: asyncio.Event, pacing: OutputPacing | None = None
+                          ) -> AsyncIterator[tuple[WorkerStream, list[int]]]:
+    """A real grpc.aio server playing a worker that answers a request's stream id with `script`,
+    and a WorkerStream to it; the list counts the messages sent."""
+    sent = [0]
 
     async def handler(requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
                       ) -> AsyncIterator[pb.StreamResponse]:
-        nonlocal sent
         async for request in requests:
             for entry in request.items:
                 if entry.HasField("generate"):
                     async for msg in script(entry.stream_id, go):
-                        sent += 1
+                        sent[0] += 1
                         yield msg
                     return
 
@@ -71,7 +73,18 @@ async def outputs_with(script: Script) -> tuple[list[GenerateOutput], int]:
     client = _Client(f"127.0.0.1:{port}")
     assert GENERATE_STREAM_METHOD.endswith("/GenerateStream")
     try:
-        stream = WorkerStream(client, InstanceRecord("ns", "backend", "generate", "w", "127.0.0.1", port))  # type: ignore[arg-type]
+        yield WorkerStream(client, InstanceRecord("ns", "backend", "generate", "w", "127.0.0.1", port),  # type: ignore[arg-type]
+                           pacing), sent
+    finally:
+        await client._channel.close()
+        await server.stop(None)
+
+
+async def outputs_with(script: Script) -> tuple[list[GenerateOutput], int]:
+    """Run one request against a worker following `script`: the first output is read as soon as it
+    comes; `go` is then set, and the rest is read only once every message has reached the client."""
+    go = asyncio.Event()
+    async with scripted_worker(script, go) as (stream, sent):
         outputs = stream.generate(GenerateRequest("r", [5, 6, 7]))
         got = [await outputs.__anext__()]
         go.set()
@@ -80,10 +93,7 @@ async def outputs_with(script: Script) -> tuple[list[GenerateOutput], int]:
             assert asyncio.get_running_loop().time() < deadline, "the rest never reached the client"
             await asyncio.sleep(0.005)
         got += [o async for o in outputs]
-        return got, sent
-    finally:
-        await client._channel.close()
-        await server.stop(None)
+        return got, sent[0]
 
 
 async def test_outputs_that_queued_up_arrive_as_one() -> None:
@@ -137,3 +147,73 @@ async def test_outputs_with_and_without_logprobs_stay_apart(first_logprobs: bool
     assert [t for o in got for t in o.token_ids] == [1, 2, 3]
     assert all(not o.logprobs or len(o.logprobs) == len(o.token_ids) for o in got)  # never a mix
     assert [o.token_ids for o in got][:3] == [[1], [2], [3]]
+
+
+def test_pacing_spreads_a_rate_over_the_open_requests() -> None:
+    pacing = OutputPacing(8000)
+    assert pacing.interval() == 0.0
+    pacing.open = 7  # 0.875 ms: below a millisecond, not worth a timer
+    assert pacing.interval() == 0.0
+    pacing.open = 80
+    assert pacing.interval() == pytest.approx(0.01)
+    pacing.open = 100_000  # never more than a second
+    assert pacing.interval() == OutputPacing.MAX_S == 1.0
+    with pytest.raises(ValueError, match="positive"):
+        OutputPacing(0)
+
+
+def _trickle(tokens: int, every_s: float, end: FinishReason | None = FinishReason.LENGTH) -> Script:
+    """A worker that sends one token every `every_s`, then (with `end`) a last output."""
+    async def script(sid: int, go: asyncio.Event) -> AsyncIterator[pb.StreamResponse]:
+        for t in range(tokens):
+            yield item(sid, GenerateOutput(token_ids=[100 + t]))
+            await asyncio.sleep(every_s)
+        if end is not None:
+            yield item(sid, GenerateOutput(token_ids=[], finish_reason=end), done=True)
+    return script
+
+
+async def _timed(stream: WorkerStream) -> list[tuple[float, GenerateOutput]]:
+    loop = asyncio.get_running_loop()
+    return [(loop.time(), o) async for o in stream.generate(GenerateRequest("r", [5, 6, 7]))]
+
+
+async def test_paced_outputs_are_handed_over_joined_at_most_every_interval() -> None:
+    pacing = OutputPacing(5)  # one open request: every 0.2 s
+    async with scripted_worker(_trickle(30, 0.01), asyncio.Event(), pacing) as (stream, _):
+        paced = await asyncio.wait_for(_timed(stream), 30)
+    assert pacing.open == 0  # the request is closed: it no longer shares the budget
+    assert [t for _, o in paced for t in o.token_ids] == list(range(100, 130))
+    assert paced[0][1].token_ids == [100]  # the first output never waits
+    assert paced[-1][1].finish_reason is FinishReason.LENGTH
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(paced, paced[1:-1])]
+    assert all(gap >= 0.19 for gap in gaps), gaps  # the last one may come sooner
+    # ~0.3 s of tokens: the first, one or two paced, the last (unpaced, every token comes alone)
+    assert len(paced) <= 4, [o.token_ids for _, o in paced]
+    async with scripted_worker(_trickle(30, 0.01), asyncio.Event()) as (stream, _):
+        unpaced = await asyncio.wait_for(_timed(stream), 30)
+    assert len(unpaced) >= 2 * len(paced)
+
+
+async def test_the_last_output_and_a_broken_stream_do_not_wait_for_pacing() -> None:
+    pacing = OutputPacing(1)  # one open request: every second (the cap)
+    async with scripted_worker(_trickle(2, 0.02), asyncio.Event(), pacing) as (stream, _):
+        got = await asyncio.wait_for(_timed(stream), 30)
+    assert [o.token_ids for _, o in got] == [[100], [101]]
+    assert got[1][1].finish_reason is FinishReason.LENGTH
+    assert got[1][0] - got[0][0] < 0.5  # ~0.04 s: the finish woke the paced wait
+
+    async def breaks(sid: int, go: asyncio.Event) -> AsyncIterator[pb.StreamResponse]:
+        yield item(sid, GenerateOutput(token_ids=[1]))
+        await asyncio.sleep(0.02)
+        raise RuntimeError("the worker fails")  # grpc ends the call: UNKNOWN
+
+    async with scripted_worker(breaks, asyncio.Event(), pacing) as (stream, _):
+        outputs = stream.generate(GenerateRequest("r", [5]))
+        loop = asyncio.get_running_loop()
+        assert (await outputs.__anext__()).token_ids == [1]
+        first = loop.time()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await asyncio.wait_for(outputs.__anext__(), 30)
+        assert loop.time() - first < 0.5
+    assert pacing.open == 0

@@ -184,9 +184,10 @@ async def test_stream_session_holds_drain_until_its_last_output_is_written() -> 
         while held:
             await asyncio.sleep(0.01)
     items = [i for b in ctx.batches for i in b.items]  # type: ignore[attr-defined]
-    assert [list(i.output.token_ids) for i in items] == [[7], [8]]
+    # produced while nothing could be written: one message, the request's outputs joined in one item
     assert len(ctx.batches) == 1, "outputs produced together travel in one message"
-    assert items[-1].done and items[-1].status_code == 0 and not items[0].done
+    assert [list(i.output.token_ids) for i in items] == [[7, 8]]
+    assert items[0].done and items[0].status_code == 0 and items[0].output.finish_reason
     session.cancel()
     await asyncio.gather(session, return_exceptions=True)
     assert held == 0
@@ -272,14 +273,14 @@ async def _items_when(ctx: _GatedContext, n: int) -> list[pb.StreamItem]:
 async def test_stream_session_sends_the_last_output_before_the_requests_bookkeeping() -> None:
     server = _SlowBookkeepingServer()
     session, ctx, client_open = await _run_session(server)
-    items = await _items_when(ctx, 2)  # while serve_request has not returned
-    assert [list(i.output.token_ids) for i in items] == [[7], [8]]
+    items = await _items_when(ctx, 1)  # while serve_request has not returned
+    assert [list(i.output.token_ids) for i in items] == [[7, 8]]  # produced together: joined
     assert items[-1].done and items[-1].status_code == grpc.StatusCode.OK.value[0]
     assert len(ctx.batches) == 1, "the last output travels with those produced beside it"
     server.release.set()
     client_open.set()
     await asyncio.wait_for(session, 5)
-    assert sum(len(b.items) for b in ctx.batches) == 2, "no second end for the same stream id"  # type: ignore[attr-defined]
+    assert sum(len(b.items) for b in ctx.batches) == 1, "no second end for the same stream id"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("after", ["emit", "fail"])
@@ -287,10 +288,64 @@ async def test_stream_session_sends_nothing_after_a_requests_end(after: str,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     server = _SlowBookkeepingServer(after)
     session, ctx, client_open = await _run_session(server)
-    await _items_when(ctx, 2)
+    await _items_when(ctx, 1)
     server.release.set()
     client_open.set()
     await asyncio.wait_for(session, 5)
     items = [i for b in ctx.batches for i in b.items]  # type: ignore[attr-defined]
-    assert [(list(i.output.token_ids), i.done, i.status_code) for i in items] == [([7], False, 0), ([8], True, 0)]
+    assert [(list(i.output.token_ids), i.done, i.status_code) for i in items] == [([7, 8], True, 0)]
     assert ("after its last one" if after == "emit" else "failed after its last output") in caplog.text
+
+
+class _ScriptedOutputsServer:
+    """Emits each request's scripted outputs, one event-loop turn apart (requests interleave)."""
+
+    def __init__(self, scripts: dict[str, list[GenerateOutput]]) -> None:
+        self.scripts = scripts
+        self.done = 0
+
+    async def serve_request(self, request, emit, client_cancelled=lambda: False):  # type: ignore[no-untyped-def]
+        for out in self.scripts[request.request_id]:
+            await emit(out)
+            await asyncio.sleep(0)
+        self.done += 1
+        return None
+
+
+async def test_stream_session_joins_what_piles_up_behind_a_write_per_request() -> None:
+    from contextlib import nullcontext
+
+    from dynamo.llm.protocol import TokenLogprob
+
+    lp = [TokenLogprob(token_id=1, logprob=-0.1)]
+    server = _ScriptedOutputsServer({
+        "a": [GenerateOutput(token_ids=[1], logprobs=lp), GenerateOutput(token_ids=[2]),  # logprobs, then none: apart
+              GenerateOutput(token_ids=[3]), GenerateOutput(token_ids=[4], finish_reason=FinishReason.LENGTH)],
+        "b": [GenerateOutput(token_ids=[10]), GenerateOutput(token_ids=[], text="x"),  # text: apart
+              GenerateOutput(token_ids=[11]), GenerateOutput(token_ids=[12], finish_reason=FinishReason.STOP)],
+    })
+    client_open = asyncio.Event()
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield pb.StreamRequest(items=[
+            pb.StreamRequestItem(stream_id=sid, generate=codec.request_to_pb(GenerateRequest(rid, [5, 6])))
+            for sid, rid in ((1, "a"), (2, "b"))])
+        await client_open.wait()
+
+    ctx = _GatedContext()  # the first write waits: everything after it piles up
+    session = asyncio.create_task(StreamSession(server, ctx, nullcontext).run(requests()))  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        while server.done < 2:
+            await asyncio.sleep(0.001)
+    ctx.gate.set()
+    client_open.set()
+    await asyncio.wait_for(session, 5)
+    items = [i for b in ctx.batches for i in b.items]  # type: ignore[attr-defined]
+
+    def of(sid: int) -> list[tuple[list[int], str, bool]]:
+        return [(list(i.output.token_ids), i.output.text, i.done) for i in items if i.stream_id == sid]
+    # the first write took each request's first output alone; the rest piled up and joined where it could
+    assert of(1) == [([1], "", False), ([2, 3, 4], "", True)]
+    assert of(2) == [([10], "", False), ([], "x", False), ([11, 12], "", True)]
+    assert len(ctx.batches) == 2
+    assert [i.output.finish_reason for i in items if i.done] == [pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_STOP]

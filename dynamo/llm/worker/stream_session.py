@@ -5,7 +5,9 @@ the requests of one client message are dispatched together, so a batch of them r
 engine in one go rather than one gRPC read apart;
 its outputs go into one pending `StreamResponse`, which a single writer sends whenever the previous
 write has completed. Outputs that become ready together (one engine step of many requests) thus
-travel in one message, and a slow client gets bigger messages rather than more of them.
+travel in one message, and a slow client gets bigger messages rather than more of them; a request's
+outputs that pile up while a write is under way join its one item in the next message (a run of
+tokens, like the client's own joining), so a slow client also gets fewer items to decode.
 A request's last output (the one with a finish reason) carries its end (`done`, status OK) and
 goes out before the request's own bookkeeping runs.
 """
@@ -49,6 +51,7 @@ class StreamSession:
         self._held: AbstractContextManager[None] | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._pending = pb.StreamResponse()
+        self._latest: dict[int, pb.StreamItem] = {}  # each request's last item in the pending message
         self._ready = asyncio.Event()
         self._write_error: BaseException | None = None
         self._closing = False
@@ -133,7 +136,7 @@ class StreamSession:
             if ended:  # an adapter that breaks the contract: nothing may follow the last output
                 log.warning("GenerateStream: stream %d produced an output after its last one; dropped", sid)
                 return
-            codec.output_to_pb(out, self._add(sid).output)
+            codec.output_to_pb(out, self._item_for(sid, out).output)
             if out.finish_reason is not None:
                 # The engine's last output (the engine contract): it ends the request for the
                 # client now (_end marks this very item), and this task lets the writer send it
@@ -164,12 +167,22 @@ class StreamSession:
         if not self._pending.items:
             self._ready.set()
             self._hold()
-        return self._pending.items.add(stream_id=sid)
+        item = self._latest[sid] = self._pending.items.add(stream_id=sid)
+        return item
+
+    def _item_for(self, sid: int, out: GenerateOutput) -> pb.StreamItem:
+        """Where `out` goes: the request's item still waiting in the pending message when `out`
+        can extend it (both plain runs of tokens, with logprobs on both or neither), else a new one."""
+        item = self._latest.get(sid)
+        if item is not None and _extends(item, out):
+            return item
+        return self._add(sid)
 
     def _end(self, sid: int, code: grpc.StatusCode, message: str) -> None:
-        items = self._pending.items
         # Usually the request's last output is still waiting to be sent: mark it, no extra item.
-        item = items[-1] if items and items[-1].stream_id == sid and not message else self._add(sid)
+        item = self._latest.get(sid) if not message else None
+        if item is None or item.done:
+            item = self._add(sid)
         item.done = True
         item.status_code = code.value[0]
         item.status_message = message
@@ -181,6 +194,7 @@ class StreamSession:
                 self._ready.clear()
                 if self._pending.items:
                     batch, self._pending = self._pending, pb.StreamResponse()
+                    self._latest.clear()
                     await self._context.write(batch)
                 self._release()
                 if self._closing and not self._pending.items:
@@ -192,3 +206,12 @@ class StreamSession:
             self._write_error = e
             for t in list(self._tasks.values()):
                 t.cancel()
+
+
+def _extends(item: pb.StreamItem, out: GenerateOutput) -> bool:
+    """Whether `out` can be appended to the request's pending item (as the client would join them)."""
+    pending = item.output
+    return (not item.done and out.text is None and bool(out.logprobs) == bool(pending.logprobs)
+            and not pending.finish_reason and not pending.HasField("text") and not pending.HasField("usage")
+            and not pending.HasField("disaggregated_params") and not pending.error
+            and item.HasField("output"))
