@@ -244,6 +244,18 @@ class GenerateOutput:
     disaggregated_params: DisaggregatedParams | None = None  # set by a prefill worker
     error: str | None = None  # with finish_reason ERROR
 
+    def open_run(self) -> bool:
+        """Whether a later output may be appended to this one: it is a plain run of tokens, nothing
+        ends or annotates it."""
+        return (self.finish_reason is None and self.disaggregated_params is None and self.error is None
+                and self.text is None and self.usage is None)
+
+    def takes(self, then: GenerateOutput) -> bool:
+        """Whether `then`, the request's next output, can be appended to this one as one output
+        (this one an open run; `then` without text, with logprobs exactly when this one has them):
+        the rule for joining outputs that queued up, on both sides of GenerateStream."""
+        return self.open_run() and then.text is None and (self.logprobs is None) == (then.logprobs is None)
+
 
 # --- what engines report about themselves ---------------------------------------------------
 

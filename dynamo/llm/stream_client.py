@@ -209,12 +209,12 @@ class WorkerStream:
                     # Outputs that queued up meanwhile (the consumer is slower than the worker: a
                     # busy frontend) go on as one: one SSE chunk instead of several under load.
                     waiting = queue.items
-                    while waiting and not item.done and _joinable(output):
+                    while waiting and not item.done and output.open_run():
                         after = waiting[0]
                         if isinstance(after, _Broken) or not after.HasField("output"):
                             break
                         then = codec.output_from_pb(after.output)
-                        if then.text is not None or (output.logprobs is None) != (then.logprobs is None):
+                        if not output.takes(then):
                             break  # (decoded again in its turn: rare)
                         waiting.popleft()
                         item = after
@@ -236,12 +236,6 @@ class WorkerStream:
             self._queues.pop(sid, None)
             if not done and self.error is None:
                 self._outbox.put_nowait(pb.StreamRequestItem(stream_id=sid, cancel=True))
-
-
-def _joinable(output: GenerateOutput) -> bool:
-    """Whether a later output can be appended to this one (it is a plain run of tokens)."""
-    return (output.finish_reason is None and output.disaggregated_params is None and output.error is None
-            and output.text is None and output.usage is None)
 
 
 def _join(first: GenerateOutput, then: GenerateOutput) -> GenerateOutput:

@@ -51,7 +51,8 @@ class StreamSession:
         self._held: AbstractContextManager[None] | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._pending = pb.StreamResponse()
-        self._latest: dict[int, pb.StreamItem] = {}  # each request's last item in the pending message
+        # each request's last item in the pending message, and the last output that went into it
+        self._latest: dict[int, tuple[pb.StreamItem, GenerateOutput | None]] = {}
         self._ready = asyncio.Event()
         self._write_error: BaseException | None = None
         self._closing = False
@@ -167,22 +168,25 @@ class StreamSession:
         if not self._pending.items:
             self._ready.set()
             self._hold()
-        item = self._latest[sid] = self._pending.items.add(stream_id=sid)
+        item = self._pending.items.add(stream_id=sid)
+        self._latest[sid] = item, None
         return item
 
     def _item_for(self, sid: int, out: GenerateOutput) -> pb.StreamItem:
-        """Where `out` goes: the request's item still waiting in the pending message when `out`
-        can extend it (both plain runs of tokens, with logprobs on both or neither), else a new one."""
-        item = self._latest.get(sid)
-        if item is not None and _extends(item, out):
-            return item
-        return self._add(sid)
+        """Where `out` goes: the request's item still waiting in the pending message when `out` can
+        be appended to what went into it last (GenerateOutput.takes), else a new one."""
+        latest = self._latest.get(sid)
+        if latest is not None and latest[1] is not None and not latest[0].done and latest[1].takes(out):
+            item = latest[0]
+        else:
+            item = self._add(sid)
+        self._latest[sid] = item, out
+        return item
 
     def _end(self, sid: int, code: grpc.StatusCode, message: str) -> None:
         # Usually the request's last output is still waiting to be sent: mark it, no extra item.
-        item = self._latest.get(sid) if not message else None
-        if item is None or item.done:
-            item = self._add(sid)
+        latest = self._latest.get(sid) if not message else None
+        item = latest[0] if latest is not None and not latest[0].done else self._add(sid)
         item.done = True
         item.status_code = code.value[0]
         item.status_message = message
@@ -207,11 +211,3 @@ class StreamSession:
             for t in list(self._tasks.values()):
                 t.cancel()
 
-
-def _extends(item: pb.StreamItem, out: GenerateOutput) -> bool:
-    """Whether `out` can be appended to the request's pending item (as the client would join them)."""
-    pending = item.output
-    return (not item.done and out.text is None and bool(out.logprobs) == bool(pending.logprobs)
-            and not pending.finish_reason and not pending.HasField("text") and not pending.HasField("usage")
-            and not pending.HasField("disaggregated_params") and not pending.error
-            and item.HasField("output"))
