@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +17,8 @@ from .errors import ApiError
 
 log = logging.getLogger(__name__)
 
-# Long prompts are tokenized off the event loop so that other streams keep flowing.
-_INLINE_TOKENIZE_CHARS = 16_384
+# Past this, a prompt is tokenized in a thread of its own (with `then`, the router's hashing, after it).
+_BATCH_TOKENIZE_CHARS = 16_384
 _RESERVED_TEMPLATE_ARGS = frozenset({"conversation", "messages", "tools", "chat_template", "tokenize",
                                      "add_generation_prompt", "return_dict", "documents"})
 
@@ -32,6 +33,7 @@ class ModelTokenizer:
     vocab_size: int = 0
     max_token_chars: int = 1  # the longest token's text: a prompt of N characters has >= N / this tokens
     _token_text: dict[int, str] = field(default_factory=dict)
+    _batches: BatchEncoder | None = None
 
     def __post_init__(self) -> None:
         self.fast = getattr(self.hf, "backend_tokenizer", None)
@@ -74,17 +76,93 @@ class ModelTokenizer:
                                   template_kwargs: dict[str, Any] | None = None,
                                   then: Callable[[list[int]], None] | None = None) -> list[int]:
         """`then`: run on the ids of a long prompt in the thread that tokenized it."""
-        def work() -> list[int]:
-            # The template already writes BOS where the model wants it.
-            return self.encode(self.render_chat(messages, tools, template_kwargs), add_special_tokens=False)
-        if sum(len(m["content"]) for m in messages) > _INLINE_TOKENIZE_CHARS:
+        if sum(len(m["content"]) for m in messages) > _BATCH_TOKENIZE_CHARS:
+            def work() -> list[int]:
+                return self.encode(self.render_chat(messages, tools, template_kwargs), add_special_tokens=False)
             return await asyncio.to_thread(_and_then, work, then)
-        return work()
+        # The template already writes BOS where the model wants it.
+        return await self._batched(self.render_chat(messages, tools, template_kwargs), add_special_tokens=False)
 
     async def prompt_ids_for_text(self, text: str, then: Callable[[list[int]], None] | None = None) -> list[int]:
-        if len(text) > _INLINE_TOKENIZE_CHARS:
+        if len(text) > _BATCH_TOKENIZE_CHARS:
             return await asyncio.to_thread(_and_then, lambda: self.encode(text, add_special_tokens=True), then)
-        return self.encode(text, add_special_tokens=True)
+        return await self._batched(text, add_special_tokens=True)
+
+    def _batched(self, text: str, *, add_special_tokens: bool) -> asyncio.Future[list[int]]:
+        if self._batches is None:
+            self._batches = BatchEncoder(self.fast)
+        return self._batches.encode(text, add_special_tokens)
+
+
+_Waiting = tuple[str, bool, "asyncio.Future[list[int]]"]
+
+
+class BatchEncoder:
+    """Tokenizes prompts in one thread of its own, all the prompts waiting at the time in one call.
+
+    The tokenizers library holds the GIL in `encode` but releases it in its batch calls, so the
+    event loop goes on serving streams while prompts are tokenized (a ~150-token prompt is ~100 us of
+    Rust, ~12% of the frontend's CPU per request under load), and under load one thread hop carries
+    every prompt that arrived meanwhile. At most one batch is in flight; an idle loop waits ~0.1 ms more.
+    """
+
+    def __init__(self, fast: Any) -> None:
+        self._fast = fast
+        self._waiting: list[_Waiting] = []
+        self._busy = False
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+
+    def encode(self, text: str, add_special_tokens: bool) -> asyncio.Future[list[int]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        self._waiting.append((text, add_special_tokens, future))
+        if not self._busy:
+            self._start(loop)
+        return future
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._waiting = self._waiting, []
+        self._busy = True
+        # submit, not run_in_executor: that would wake the loop a second time per batch
+        self._thread.submit(self._work, loop, batch)
+
+    def _work(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
+        results: list[list[int] | BaseException] = []
+        for add in (False, True):
+            texts = [text for text, a, _ in batch if a is add]
+            if not texts:
+                continue
+            try:
+                encodings = self._fast.encode_batch_fast(texts, add_special_tokens=add)
+                ids: list[list[int] | BaseException] = [e.ids for e in encodings]
+            except Exception:  # tell which prompt failed: one at a time
+                ids = [_encode_or_error(self._fast, text, add) for text in texts]
+            results.extend(ids)
+        ordered = [f for _, a, f in batch if a is False] + [f for _, a, f in batch if a is True]
+        try:
+            loop.call_soon_threadsafe(self._done, loop, ordered, results)
+        except RuntimeError:  # the loop closed meanwhile: nobody waits for these any more
+            pass
+
+    def _done(self, loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future[list[int]]],
+              results: list[list[int] | BaseException]) -> None:
+        self._busy = False
+        for future, result in zip(futures, results):
+            if future.done():  # its request went away
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        if self._waiting:
+            self._start(loop)
+
+
+def _encode_or_error(fast: Any, text: str, add_special_tokens: bool) -> list[int] | BaseException:
+    try:
+        return list(fast.encode(text, add_special_tokens=add_special_tokens).ids)
+    except Exception as exc:
+        return exc
 
 
 def _and_then(work: Callable[[], list[int]], then: Callable[[list[int]], None] | None) -> list[int]:

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Sequence
 from dynamo.llm.protocol import SamplingOptions, TokenLogprob
 
 _MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
 
 
 def hash_tokens(token_ids: Sequence[int], prefix: bytes = b"") -> int:
@@ -32,11 +31,10 @@ def request_seed(mocker_seed: int, prompt: Sequence[int], sampling: SamplingOpti
 
 
 def _mix(seed: int, position: int) -> int:
-    """splitmix64 of (seed, position): cheap, well distributed, pure Python."""
-    z = (seed + (position + 1) * _GOLDEN) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
+    """A well-mixed 64-bit value of (seed, position): CPython's tuple hash (xxHash's mixing; unsalted
+    for ints, so the same in every process). Five times cheaper than a splitmix64 on Python ints,
+    and it runs for every output token."""
+    return hash((seed, position)) & _MASK64
 
 
 class TokenSampler:

@@ -211,3 +211,21 @@ async def test_lifecycle_info_health_and_shutdown() -> None:
         await engine.check_health()
     with pytest.raises(TypeError, match="role"):
         MockerEngine(config(), role="both")  # type: ignore[arg-type]
+
+
+def test_output_tokens_are_the_same_in_every_process() -> None:
+    """A prefill mocker's first token and a decode mocker's continuation must agree: the sampler's
+    hash may not depend on the process (PYTHONHASHSEED salts str and bytes hashes, not ints')."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from dynamo.mocker.tokens import TokenSampler; s = TokenSampler(1024, [2]);"
+            "print([s.sample(0x1234567890ABCDEF1234, p) for p in range(64)])")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONHASHSEED": seed,
+                                "PYTHONPATH": str(Path(__file__).resolve().parents[2])}).stdout
+            for seed in ("1", "2", "random")}
+    assert len(outs) == 1 and len(set(json.loads(outs.pop()))) > 40  # one answer, and a varied one
