@@ -127,27 +127,27 @@ class BatchEncoder:
         self._thread.submit(self._work, loop, batch)
 
     def _work(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
-        results: list[list[int] | BaseException] = []
+        answered: list[tuple[asyncio.Future[list[int]], list[int] | BaseException]] = []
         for add in (False, True):
-            texts = [text for text, a, _ in batch if a is add]
-            if not texts:
+            group = [(text, future) for text, a, future in batch if a is add]
+            if not group:
                 continue
+            texts = [text for text, _ in group]
             try:
                 encodings = self._fast.encode_batch_fast(texts, add_special_tokens=add)
                 ids: list[list[int] | BaseException] = [e.ids for e in encodings]
             except Exception:  # tell which prompt failed: one at a time
                 ids = [_encode_or_error(self._fast, text, add) for text in texts]
-            results.extend(ids)
-        ordered = [f for _, a, f in batch if a is False] + [f for _, a, f in batch if a is True]
+            answered.extend(zip((future for _, future in group), ids))
         try:
-            loop.call_soon_threadsafe(self._done, loop, ordered, results)
+            loop.call_soon_threadsafe(self._done, loop, answered)
         except RuntimeError:  # the loop closed meanwhile: nobody waits for these any more
             pass
 
-    def _done(self, loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future[list[int]]],
-              results: list[list[int] | BaseException]) -> None:
+    def _done(self, loop: asyncio.AbstractEventLoop,
+              answered: list[tuple[asyncio.Future[list[int]], list[int] | BaseException]]) -> None:
         self._busy = False
-        for future, result in zip(futures, results):
+        for future, result in answered:
             if future.done():  # its request went away
                 continue
             if isinstance(result, BaseException):
@@ -160,7 +160,7 @@ class BatchEncoder:
 
 def _encode_or_error(fast: Any, text: str, add_special_tokens: bool) -> list[int] | BaseException:
     try:
-        return list(fast.encode(text, add_special_tokens=add_special_tokens).ids)
+        return fast.encode(text, add_special_tokens=add_special_tokens).ids
     except Exception as exc:
         return exc
 
