@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks._common import track
@@ -64,13 +65,27 @@ def _short(frame: str) -> str:
     return f"{m.group('func')} ({path})"
 
 
-def summarise(collapsed: Path, top: int = 25) -> str:
-    """Top functions by self samples and by inclusive samples (idle epoll waits listed as such)."""
+@dataclass(frozen=True)
+class Cost:
+    """What the profiled run cost the process: turns a share of the samples into time per unit of work."""
+
+    cpu_s: float  # the process's CPU seconds over the measured phase
+    requests: int
+    tokens: int
+
+    def per(self, share: float) -> str:
+        return f"{share * self.cpu_s / self.requests * 1e6:>8.1f} {share * self.cpu_s / self.tokens * 1e6:>9.2f}"
+
+
+def summarise(collapsed: Path, top: int = 25, cost: Cost | None = None) -> str:
+    """Top functions by self samples and by inclusive samples (idle epoll waits listed as such). With
+    `cost`, each share is also given as CPU microseconds per request and per output token: the share
+    times the process's CPU over the measured phase (the samples cover the warm-up too; shares hold)."""
     self_count: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     total = 0
-    for line in collapsed.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
+    for text in collapsed.read_text().splitlines():
+        stack, _, n = text.rpartition(" ")
         if not stack or not n.isdigit():
             continue
         count = int(n)
@@ -84,10 +99,19 @@ def summarise(collapsed: Path, top: int = 25) -> str:
             incl[f] += count
     if not total:
         return "(no samples)"
-    lines = [f"{total} samples of the thread holding the GIL (py-spy --gil: Python CPU time)", f"  {'self':>6}  function"]
-    lines += [f"  {100 * c / total:>5.1f}%  {f}" for f, c in self_count.most_common(top)]
-    lines += [f"  {'incl':>6}  function (inclusive; project code and key libraries)"]
+
+    def line(count: int, func: str) -> str:
+        share = count / total
+        return f"  {100 * share:>5.1f}%" + (cost.per(share) if cost is not None else "") + f"  {func}"
+
+    unit = f" {'us/req':>8} {'us/token':>9}" if cost is not None else ""
+    head = f"{total} samples of the thread holding the GIL (py-spy --gil: Python CPU time)"
+    if cost is not None:
+        head += (f"; us: that share of the process's {cost.cpu_s:.2f} CPU s per request ({cost.requests}) "
+                 f"and per output token ({cost.tokens})")
+    lines = [head, f"  {'self':>6}{unit}  function"]
+    lines += [line(c, f) for f, c in self_count.most_common(top)]
+    lines += [f"  {'incl':>6}{unit}  function (inclusive; project code and key libraries)"]
     keep = ("dynamo/", "starlette", "uvicorn", "grpc", "tokenizers", "orjson", "prometheus")
-    lines += [f"  {100 * c / total:>5.1f}%  {f}" for f, c in incl.most_common(400)
-              if any(k in f for k in keep)][:top + 2]
+    lines += [line(c, f) for f, c in incl.most_common(400) if any(k in f for k in keep)][:top + 2]
     return "\n".join(lines)

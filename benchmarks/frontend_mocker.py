@@ -14,8 +14,9 @@ what the HTTP layer costs.
 Prints one table: output tokens/s, TTFT p50/p99, mean ITL, tokens per SSE content chunk (per gRPC
 message for the baseline), CPU cores used by the load generator and by the servers, the ratio to
 the baseline, and a second table splitting the servers' CPU into frontend and workers.
-With --profile (needs `pip install py-spy`), the frontend is sampled during the c=64 HTTP run and
-its top functions (self and inclusive) are printed.
+With --profile (needs `pip install py-spy`), the frontend is sampled during the HTTP run at the
+highest level and its top functions (self and inclusive) are printed, as shares of its CPU and as
+CPU microseconds per request and per output token.
 
 With --ai-dynamo PYTHON (a Python with PyPI's `ai-dynamo` installed, e.g. `python -m venv /tmp/aidyn &&
 /tmp/aidyn/bin/pip install --no-deps ai-dynamo==1.6.1 ai-dynamo-runtime==1.6.1` plus its dependencies
@@ -81,7 +82,7 @@ async def run(a: argparse.Namespace) -> None:
     ensure_tiny_model()
     lines = [HEADER]
     split = [f"{'run':<34} {'c':>4} {'frontend':>8} {'workers':>8} {'client':>7}  (CPU cores)  "
-             f"{'fe us/token':>11} {'fe RSS':>8}"]
+             f"{'fe us/token':>11} {'fe us/req':>9} {'fe RSS':>8}"]
     http_tok_s: dict[int, float] = {}
     profile_text = ""
     with tempfile.TemporaryDirectory(prefix="bench-frontend-mocker-") as d:
@@ -104,6 +105,7 @@ async def run(a: argparse.Namespace) -> None:
                           "--max-tokens", str(a.max_tokens), "--prompt-len", str(a.prompt_len),
                           "--warmup", str(min(concurrency, requests))]
                 sampler = None
+                cpu: list[float] = []
                 if a.profile and concurrency == max(levels):
                     from benchmarks._profile import Sampler
                     sampler = Sampler(frontend.proc.pid, Path(tempfile.gettempdir()) / "frontend_mocker.pyspy.txt")
@@ -112,9 +114,12 @@ async def run(a: argparse.Namespace) -> None:
                                                  a.timeout, pids)
                 finally:
                     if sampler is not None:
+                        from benchmarks._profile import Cost
                         from benchmarks._profile import summarise as summarise_profile
                         out = sampler.stop()
-                        profile_text = f"(collapsed stacks: {out})\n" + summarise_profile(out)
+                        cost = Cost(cpu[0], requests, requests * a.max_tokens) if cpu else None
+                        profile_text = (f"py-spy profile of the frontend at c={concurrency} (collapsed stacks: "
+                                        f"{out})\n" + summarise_profile(out, cost=cost))
                 http = summarise(f"HTTP frontend + {a.workers} mocker", concurrency, raw, cpu,
                                  expected_tokens=requests * a.max_tokens)
                 tokens = requests * a.max_tokens
@@ -123,7 +128,7 @@ async def run(a: argparse.Namespace) -> None:
                 http_tok_s[concurrency] = http.tok_s
                 split.append(f"{http.label:<34} {concurrency:>4} {cpu[0] / http.wall:>8.2f} "
                              f"{sum(cpu[1:]) / http.wall:>8.2f} {http.client_cores:>7.2f}               "
-                             f"{cpu[0] / tokens * 1e6:>11.1f} {rss:>6.0f}Mi")
+                             f"{cpu[0] / tokens * 1e6:>11.1f} {cpu[0] / requests * 1e6:>9.0f} {rss:>6.0f}Mi")
                 if theirs is not None:
                     raw, cpu = await run_loadgen(["http", "--url", theirs.frontend.url, "--model", MODEL_NAME,
                                                   *common], a.timeout, theirs.pids)
@@ -132,7 +137,7 @@ async def run(a: argparse.Namespace) -> None:
                     theirs_tok_s[concurrency] = other.tok_s
                     split.append(f"{other.label:<34} {concurrency:>4} {cpu[0] / other.wall:>8.2f} "
                                  f"{sum(cpu[1:]) / other.wall:>8.2f} {other.client_cores:>7.2f}               "
-                                 f"{cpu[0] / tokens * 1e6:>11.1f}")
+                                 f"{cpu[0] / tokens * 1e6:>11.1f} {cpu[0] / requests * 1e6:>9.0f}")
                 w0 = workers[0]
                 assert w0.record is not None
                 # one GenerateStream call carries every request, as the frontend does: unary calls
@@ -158,7 +163,7 @@ async def run(a: argparse.Namespace) -> None:
     print("\n".join(lines))
     print(LEGEND + "\ntok/msg: output tokens per SSE content chunk (HTTP) or per gRPC message (baseline).")
     print("\n" + "\n".join(split))
-    print("fe us/token: the frontend's CPU per output token; fe RSS: its resident memory after the level. "
+    print("fe us/token, fe us/req: the frontend's CPU per output token, per request; fe RSS: its resident memory after the level. "
           "A client near 1 core means the load generator, not the frontend, set the pace.")
     if 64 in http_tok_s and 256 in http_tok_s:
         held = http_tok_s[256] / http_tok_s[64]
@@ -168,7 +173,7 @@ async def run(a: argparse.Namespace) -> None:
         goal = f" (goal >= 2x: {'ok' if vs >= 2 else 'MISSED'})" if c == 256 else ""
         print(f"ours / NVIDIA Dynamo's frontend at c={c}: {vs:.2f}x{goal}")
     if profile_text:
-        print("\npy-spy profile of the frontend during the c=64 HTTP run:\n" + profile_text)
+        print("\n" + profile_text)
 
 
 def main() -> None:
@@ -181,7 +186,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=64, help="prompt size (gRPC tokens; HTTP about half as many words)")
     p.add_argument("--timeout", type=float, default=180.0, help="limit per load-generator run, seconds")
-    p.add_argument("--profile", action="store_true", help="sample the frontend with py-spy during the c=64 run")
+    p.add_argument("--profile", action="store_true", help="sample the frontend with py-spy during the highest level's HTTP run")
     p.add_argument("--frontend-args", default="", help="more flags for our frontend, e.g. '--num-workers 2'")
     p.add_argument("--ai-dynamo", metavar="PYTHON", default=None,
                    help="also measure NVIDIA Dynamo's frontend + mocker from this Python (ai-dynamo installed)")

@@ -9,7 +9,7 @@ from dynamo.llm.protocol import GenerateRequest, OutputOptions, StopConditions
 
 from .errors import invalid
 from .schemas import ParsedRequest
-from .tokenizer import ModelTokenizer
+from .tokenizer import ModelTokenizer, chat_chars
 
 # Normalizers may fold a few characters into one before tokenizing (NFKC, combining marks).
 _NORMALIZATION_SLACK = 2
@@ -31,7 +31,7 @@ async def prompt_token_ids(req: ParsedRequest, tokenizer: ModelTokenizer, contex
     """`then`: run on a long prompt's ids in the thread that tokenized it (ModelTokenizer)."""
     if req.kind == "chat":
         assert req.messages is not None
-        refuse_if_cannot_fit(sum(len(m["content"]) for m in req.messages), tokenizer, context, "messages")
+        refuse_if_cannot_fit(chat_chars(req.messages), tokenizer, context, "messages")
         tools = req.tools.tools if req.tools is not None else None
         ids = await tokenizer.prompt_ids_for_chat(req.messages, tools, req.chat_template_kwargs, then)
         param = "messages"

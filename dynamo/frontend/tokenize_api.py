@@ -17,7 +17,7 @@ from .preprocess import refuse_if_cannot_fit
 from .schema_fields import bool_field
 from .schema_tools import parse_tools
 from .schemas import messages_of
-from .tokenizer import ModelTokenizer
+from .tokenizer import ModelTokenizer, chat_chars
 
 
 async def tokenize(body: Any, card: ModelCard, tokenizer: ModelTokenizer) -> dict[str, Any]:
@@ -34,7 +34,7 @@ async def tokenize(body: Any, card: ModelCard, tokenizer: ModelTokenizer) -> dic
         ids = tokenizer.encode(prompt, add_special_tokens=bool_field(body, "add_special_tokens", default=True))
     else:
         messages = messages_of(body)
-        refuse_if_cannot_fit(sum(len(m["content"]) for m in messages), tokenizer, context * 4, "messages")
+        refuse_if_cannot_fit(chat_chars(messages), tokenizer, context * 4, "messages")
         tools = parse_tools(body)
         kwargs = body.get("chat_template_kwargs")
         if kwargs is not None and not isinstance(kwargs, dict):

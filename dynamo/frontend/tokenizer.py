@@ -23,6 +23,11 @@ _RESERVED_TEMPLATE_ARGS = frozenset({"conversation", "messages", "tools", "chat_
                                      "add_generation_prompt", "return_dict", "documents"})
 
 
+def chat_chars(messages: list[dict[str, Any]]) -> int:
+    """The characters of a chat's message contents (the template adds a bounded few)."""
+    return sum(len(m["content"]) for m in messages)
+
+
 @dataclass
 class ModelTokenizer:
     """A loaded tokenizer plus what requests need from it."""
@@ -76,7 +81,7 @@ class ModelTokenizer:
                                   template_kwargs: dict[str, Any] | None = None,
                                   then: Callable[[list[int]], None] | None = None) -> list[int]:
         """`then`: run on the ids of a long prompt in the thread that tokenized it."""
-        if sum(len(m["content"]) for m in messages) > _BATCH_TOKENIZE_CHARS:
+        if chat_chars(messages) > _BATCH_TOKENIZE_CHARS:
             def work() -> list[int]:
                 return self.encode(self.render_chat(messages, tools, template_kwargs), add_special_tokens=False)
             return await asyncio.to_thread(_and_then, work, then)
