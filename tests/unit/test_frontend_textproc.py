@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dynamo.frontend.backend import WorkerFailed
-from dynamo.frontend.detokenize import Detokenizer, make_detokenizer
+from dynamo.frontend.detokenize import MAX_CONTEXT_IDS, WINDOW_FROM_IDS, Detokenizer, make_detokenizer
 from dynamo.frontend.postprocess import OutputProcessor
 from dynamo.frontend.stop import StopStringMatcher
 from dynamo.frontend.tokenizer import ModelTokenizer
@@ -63,7 +63,7 @@ def test_incremental_in_random_batches_equals_full_decode(tok: ModelTokenizer) -
         for detok in _detokenizers(tok, True):
             parts, i = [], 0
             while i < len(ids):
-                n = rng.randrange(1, 9)
+                n = rng.choice((1, 2, 3, WINDOW_FROM_IDS - 1, WINDOW_FROM_IDS, 30))  # both paths, in turns
                 parts.append(detok.step_many(ids[i:i + n]))
                 i += n
             assert "".join(parts) + detok.flush() == full, (type(detok).__name__, trial)
@@ -72,11 +72,78 @@ def test_incremental_in_random_batches_equals_full_decode(tok: ModelTokenizer) -
 @pytest.mark.parametrize("text", TEXTS)
 def test_real_text_round_trips_and_never_emits_broken_characters(tok: ModelTokenizer,
                                                                    text: str) -> None:
+    ids = tok.encode(text, add_special_tokens=False) * 3
+    for size in (1, 3, WINDOW_FROM_IDS, 11, 29):  # a token at a time, and outputs of both paths
+        for detok in _detokenizers(tok, True):
+            pieces = [detok.step_many(ids[i:i + size]) for i in range(0, len(ids), size)]
+            assert "".join(pieces) + detok.flush() == text * 3
+            assert not any("\ufffd" in p for p in pieces)  # multi-byte characters arrive whole
+
+
+def _other_tokenizers() -> dict[str, ModelTokenizer]:
+    """A sentencepiece-style BPE (Metaspace: a word's leading space lives in its first token) and a
+    WordPiece one ("##" continuations), trained here on stdlib sources: decoders whose output for a
+    token depends on the token before it, unlike the tiny model's byte-level BPE."""
+    import json as stdlib_json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    files = sorted(str(p) for p in Path(stdlib_json.__file__).parent.glob("*.py"))
+    metaspace = Tokenizer(models.BPE(unk_token="<unk>"))
+    metaspace.pre_tokenizer = pre_tokenizers.Metaspace()
+    metaspace.decoder = decoders.Metaspace()
+    metaspace.train(files, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"]))
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=False)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.decoder = decoders.WordPiece()
+    wordpiece.train(files, trainers.WordPieceTrainer(vocab_size=600, special_tokens=["[UNK]", "[CLS]", "[SEP]"]))
+    return {name: ModelTokenizer(hf=PreTrainedTokenizerFast(tokenizer_object=fast, clean_up_tokenization_spaces=False),
+                                 chat_template=None)
+            for name, fast in (("metaspace", metaspace), ("wordpiece", wordpiece))}
+
+
+def test_context_dependent_decoders_stream_the_same_text_as_a_full_decode() -> None:
+    rng = random.Random(7)
+    for name, other in _other_tokenizers().items():
+        texts = TEXTS + ["don't stop. a, b; c! (d) -- e's \"f\" g.h"]
+        cases = [other.encode(t, add_special_tokens=False) for t in texts]
+        cases += [[rng.randrange(other.vocab_size) for _ in range(rng.randrange(1, 60))] for _ in range(150)]
+        for ids in cases:
+            full = other.hf.decode(ids, skip_special_tokens=True)
+            for detok in _detokenizers(other, True):
+                parts, i = [], 0
+                while i < len(ids):
+                    n = rng.choice((1, 1, 2, 5, 17, 40))
+                    parts.append(detok.step_many(ids[i:i + n]))
+                    i += n
+                assert "".join(parts) + detok.flush() == full, (name, type(detok).__name__, ids)
+
+
+def test_work_per_output_stays_bounded_on_a_long_stream(tok: ModelTokenizer) -> None:
+    """However long the stream, a large output's decode covers a short context plus the output (and
+    any ids held back for an incomplete character): no decode grows with the text so far."""
+    sizes: list[int] = []
+
+    class CountingFast:  # the one-decode path's only use of the tokenizer
+        def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+            sizes.append(len(ids))
+            return tok.fast.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    text = TEXTS[1] * 40
     ids = tok.encode(text, add_special_tokens=False)
-    for detok in _detokenizers(tok, True):
-        pieces = [detok.step(t) for t in ids]
-        assert "".join(pieces) + detok.flush() == text
-        assert not any("\ufffd" in p for p in pieces)  # multi-byte characters arrive whole
+    detok, rng, parts, i = Detokenizer(CountingFast(), tok.hf), random.Random(3), [], 0
+    while i < len(ids):  # outputs of 20-59 ids, as under load
+        n = rng.randrange(20, 60)
+        if len(ids) - i < n + WINDOW_FROM_IDS:
+            n = len(ids) - i
+        parts.append(detok.step_many(ids[i:i + n]))
+        i += n
+    assert "".join(parts) + detok.flush() == text and len(ids) > 1000
+    window = 24  # a short context (at most MAX_CONTEXT_IDS ids) and a few ids of an incomplete character
+    assert MAX_CONTEXT_IDS + 3 <= window
+    assert max(sizes) <= window + 59 + WINDOW_FROM_IDS
 
 
 def test_special_tokens_are_skipped(tok: ModelTokenizer) -> None:
