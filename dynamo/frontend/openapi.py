@@ -110,6 +110,13 @@ _CHUNK = {"type": "object", "anyOf": [{"required": ["id", "object", "created", "
                                       {"required": ["error"]}],
           "properties": {"choices": {"type": "array", "items": {"type": "object", "required": ["index"]}},
                          "usage": {"anyOf": [_USAGE, {"type": "null"}]}, "error": _ERROR["properties"]["error"]}}  # type: ignore[index]
+# One server-sent event as a client reads it (the event model OpenAPI 3.2 and schemathesis validate
+# against a text/event-stream schema): its data is a JSON chunk, or [DONE] to end the stream.
+_CHUNK_EVENT = {"type": "object", "required": ["data"],
+                "properties": {"event": {"const": "message"},
+                               "data": {"anyOf": [{"const": "[DONE]"},
+                                                  {"type": "string", "contentMediaType": "application/json",
+                                                   "contentSchema": {"$ref": "#/components/schemas/Chunk"}}]}}}
 _MODEL = {"type": "object", "required": ["id", "object"],
           "properties": {"id": {"type": "string"}, "object": {"const": "model"},
                          "max_model_len": {"type": "integer"}}}
@@ -121,7 +128,7 @@ def _generate(summary: str, body: str) -> dict[str, Any]:
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}},
         "responses": {"200": {"description": "the answer (JSON), or its chunks as server-sent events with stream: true",
                               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Generated"}},
-                                          "text/event-stream": {"schema": {"$ref": "#/components/schemas/Chunk"}}}},
+                                          "text/event-stream": {"schema": {"$ref": "#/components/schemas/ChunkEvent"}}}},
                       **_ERRORS}}}
 
 
@@ -176,5 +183,5 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {"schemas": {"Error": _ERROR, "ChatCompletionRequest": _CHAT,
                                    "CompletionRequest": _COMPLETION, "Generated": _GENERATED,
-                                   "Chunk": _CHUNK}},
+                                   "Chunk": _CHUNK, "ChunkEvent": _CHUNK_EVENT}},
     }

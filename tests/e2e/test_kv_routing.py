@@ -34,6 +34,15 @@ async def cached_tokens(fe: FrontendProcess, prompt: list[int]) -> int:
     return out.usage.prompt_tokens_details.cached_tokens or 0
 
 
+async def wait_router_workers(fe: FrontendProcess, n: int, timeout: float = 15) -> None:
+    """Until the frontend's KV router knows all `n` workers: /v1/models lists the model as soon as
+    its first worker appears, and first requests sent before the others are seen would all land on it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(state := json.loads((await asyncio.to_thread(fe.get, "/v1/router/state"))[1])["workers"]) < n:
+        assert asyncio.get_running_loop().time() < deadline, f"the router knows {len(state)} of {n} workers"
+        await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 async def fleet(tmp_path: Path, tiny_model_dir: Path) -> AsyncIterator[tuple[Path, list[WorkerProcess]]]:
     workers = [await start_mocker(tmp_path, tiny_model_dir, *MOCKER, name=f"kv{i}") for i in range(4)]
@@ -64,6 +73,7 @@ async def test_requests_go_where_their_prefix_is(fleet: tuple[Path, list[WorkerP
     fe = FrontendProcess(discovery, "--router-mode", "kv")
     try:
         await fe.wait_models({"tiny"})
+        await wait_router_workers(fe, len(workers))
         prefixes = [system_prompt(i) for i in range(8)]
         for p in prefixes:  # each system prompt's first request: a miss by nature
             await cached_tokens(fe, p + [1])
@@ -85,13 +95,14 @@ async def test_requests_go_where_their_prefix_is(fleet: tuple[Path, list[WorkerP
 
 
 async def test_temperature_spreads_a_prefix_over_more_workers(fleet: tuple[Path, list[WorkerProcess]]) -> None:
-    discovery, _ = fleet
+    discovery, workers = fleet
     spread: dict[float, float] = {}
     for temperature in (0.0, 2.0):
         fe = FrontendProcess(discovery, "--router-mode", "kv", "--router-temperature", str(temperature),
                              namespace="test")
         try:
             await fe.wait_models({"tiny"})
+            await wait_router_workers(fe, len(workers))
             prefix = system_prompt(50 + int(temperature))
             await cached_tokens(fe, prefix + [1])
             results = await turns(fe, [prefix], per_prefix=16, concurrency=1)
@@ -107,6 +118,7 @@ async def test_a_killed_worker_is_not_routed_to_and_its_replacement_starts_clean
     fe = FrontendProcess(discovery, "--router-mode", "kv", "--migration-limit", "1")
     try:
         await fe.wait_models({"tiny"})
+        await wait_router_workers(fe, len(workers))
         prefixes = [system_prompt(100 + i) for i in range(4)]
         for p in prefixes:
             await cached_tokens(fe, p + [1])

@@ -70,3 +70,18 @@ _EXCLUDED = [c for c in CHECKS.get_all() if c.__name__ == "positive_data_accepta
 def test_frontend_honours_its_openapi_description(case: Any, base_url: str, frontend: FrontendProcess) -> None:
     case.call_and_validate(base_url=base_url, timeout=30, excluded_checks=_EXCLUDED)
     assert frontend.proc.poll() is None, "the frontend died"
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"model": SERVED, "prompt": "def f(x):", "max_tokens": 8, "stream": True}),
+    ("/v1/chat/completions", {"model": SERVED, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+                              "stream": True, "stream_options": {"include_usage": True}}),
+])
+def test_a_streamed_answer_honours_the_description(path: str, body: dict[str, Any], base_url: str) -> None:
+    """Every SSE event of a successful stream (chunks, the usage chunk, [DONE]) against the description:
+    generated bodies reach a successful stream only now and then, so one is sent here every time."""
+    case = schema[path]["POST"].Case(body=body, media_type="application/json")
+    response = case.call(base_url=base_url, timeout=30)
+    assert response.status_code == 200 and response.headers["content-type"][0].startswith("text/event-stream")
+    assert b"data: [DONE]" in response.content
+    case.validate_response(response, excluded_checks=_EXCLUDED)
