@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 
 from dynamo.frontend.app import create_app
 from dynamo.frontend.backend import NoWorkers, Overloaded, WorkerFailed
-from dynamo.frontend.testing import Script, ScriptedBackend, ThreadedServer, serve_in_thread
+from dynamo.frontend.testing import Script, ScriptedBackend, ThreadedServer
 from dynamo.llm.model_card import ModelCard
 from dynamo.llm.protocol import FinishReason, GenerateRequest, InvalidRequest
 
@@ -27,30 +26,12 @@ def model_dir(tiny_model_dir: Path) -> Path:
     return tiny_model_dir
 
 
-@pytest.fixture(scope="module")
-def hf(model_dir: Path):  # type: ignore[no-untyped-def]
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(model_dir))
-
-
 @pytest.fixture()
 def backend(model_dir: Path, hf) -> ScriptedBackend:  # type: ignore[no-untyped-def]
     card = ModelCard("tiny", str(model_dir), str(model_dir), context_length=CONTEXT,
                      kv_block_size=32, total_kv_blocks=64, vocab_size=1024)
     ids = hf.encode(ANSWER, add_special_tokens=False)
     return ScriptedBackend([card], Script(token_ids=ids, tokens_per_output=1, cached_tokens=3))
-
-
-@pytest.fixture()
-def server(backend: ScriptedBackend) -> Iterator[ThreadedServer]:
-    with serve_in_thread(create_app(backend)) as srv:
-        yield srv
-
-
-@pytest.fixture()
-def client(server: ThreadedServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0,
-                         timeout=10)
 
 
 def _wait_for(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]

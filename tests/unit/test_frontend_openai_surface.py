@@ -26,12 +26,6 @@ CONTEXT = 512
 ANSWER = "The answer is 42."
 
 
-@pytest.fixture(scope="module")
-def hf(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
-
-
 def _card(model_dir: Path, **extra: Any) -> ModelCard:
     return ModelCard("tiny", str(model_dir), str(model_dir), context_length=CONTEXT, kv_block_size=32,
                      total_kv_blocks=64, vocab_size=1024, **extra)
@@ -41,17 +35,6 @@ def _card(model_dir: Path, **extra: Any) -> ModelCard:
 def backend(tiny_model_dir: Path, hf) -> ScriptedBackend:  # type: ignore[no-untyped-def]
     return ScriptedBackend([_card(tiny_model_dir)],
                            Script(token_ids=hf.encode(ANSWER, add_special_tokens=False), cached_tokens=2))
-
-
-@pytest.fixture()
-def server(backend: ScriptedBackend) -> Iterator[ThreadedServer]:
-    with serve_in_thread(create_app(backend)) as srv:
-        yield srv
-
-
-@pytest.fixture()
-def client(server: ThreadedServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=10)
 
 
 def _post(server: ThreadedServer, path: str, body: dict[str, Any]) -> httpx.Response:
