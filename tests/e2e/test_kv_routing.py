@@ -75,8 +75,10 @@ async def test_requests_go_where_their_prefix_is(fleet: tuple[Path, list[WorkerP
         await fe.wait_models({"tiny"})
         await wait_router_workers(fe, len(workers))
         prefixes = [system_prompt(i) for i in range(8)]
-        for p in prefixes:  # each system prompt's first request: a miss by nature
-            await cached_tokens(fe, p + [1])
+        # Each system prompt's first request, a miss by nature, all at once: the router spreads them
+        # by load (one after another, each would find every worker idle and pick at random, which
+        # now and then leaves a worker without a prefix, and so without requests).
+        await asyncio.gather(*(cached_tokens(fe, p + [1]) for p in prefixes))
         results = await turns(fe, prefixes, per_prefix=12, concurrency=8)
         hits = sum(cached >= BS * PREFIX_BLOCKS for _, cached in results)
         assert hits >= 0.9 * len(results), f"{hits} of {len(results)} requests found their prefix cached"
