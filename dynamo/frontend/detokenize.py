@@ -59,20 +59,18 @@ class Detokenizer:
         return self._step_window(token_ids)
 
     def _step_stream(self, token_ids: list[int]) -> str:
+        pending = self._pending + token_ids if self._pending else token_ids
         stream, feed = self._stream, token_ids
         if stream is None:
             stream = self._stream = DecodeStream(skip_special_tokens=self._skip)
             if self._context:
                 stream.step(self._fast, self._context)  # (that text is out already: this sets its prefix)
-            if self._pending:
-                feed = self._pending + token_ids  # held back by the other path; the stream has not seen them
+            feed = pending  # ids held back by the other path: the new stream has not seen them
         text = stream.step(self._fast, feed)
         if text is None:
-            self._pending = self._pending + token_ids
+            self._pending = pending
             return ""
-        self._context = self._pending + token_ids if self._pending else token_ids
-        self._context_text = None
-        self._pending = []
+        self._context, self._context_text, self._pending = pending, None, []
         return text
 
     def _step_window(self, token_ids: list[int]) -> str:
